@@ -21,7 +21,9 @@ def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise LccError(f"cannot create output directory {parent}: {exc}. Choose a writable --out.") from exc
+        raise LccError(
+            f"cannot create output directory {parent}: {exc}. Choose a writable --out."
+        ) from exc
     if not os.access(parent, os.W_OK):
         raise LccError(f"output directory {parent} is not writable. Choose a writable --out.")
     return path

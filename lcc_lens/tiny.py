@@ -30,6 +30,7 @@ def tiny_tokenizer() -> PreTrainedTokenizerBase:
     target = cache_root() / "tiny" / f"tokenizer-bpe{_VOCAB}"
     if not (target / "tokenizer.json").is_file():
         from pydoc_data.topics import topics
+
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
         from transformers import PreTrainedTokenizerFast
 

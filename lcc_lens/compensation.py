@@ -1,0 +1,282 @@
+"""The LCC compensation: one learned constant per selected head, added at hook_z.
+
+For selected head (l, h): c = V^T beta + b, with V the fixed lost directions of that head (unit rows) and
+beta, b trainable vectors of size d_head. Unselected heads contribute exactly zero. Parameters stay fp32
+whatever the model's dtype; the offset is cast to the activation dtype inside the hook.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from lcc_lens import __version__
+from lcc_lens.atomic import atomic_file
+from lcc_lens.diff import HOOK_Z, hook_z_name
+from lcc_lens.errors import CompensationFileError, ConfigError
+from lcc_lens.models import HeadGeometry
+from lcc_lens.types import ZOffsets
+
+logger = logging.getLogger(__name__)
+
+Init = Literal["zeros", "lost_component"]
+COMPENSATION_FILE = "compensation.safetensors"
+
+
+class Compensation(nn.Module):
+    """Trainable per-head offsets over fixed lost directions.
+
+    heads: the selected (layer, head) pairs. directions: [n_layers, n_heads, d_head, d_head] rows of V for
+    every head (only the selected heads' rows are kept), or None to train b alone.
+    """
+
+    def __init__(
+        self,
+        geometry: HeadGeometry,
+        heads: Sequence[tuple[int, int]],
+        directions: Float[Tensor, "n_layers n_heads d_head d_head"] | None = None,
+        *,
+        use_directions: bool = True,
+        use_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.geometry = geometry
+        heads = [(int(lay), int(h)) for lay, h in heads]
+        for lay, h in heads:
+            geometry.flat_index(lay, h)  # raises a clear error when out of range
+        if len(set(heads)) != len(heads):
+            raise ConfigError(
+                "the selected heads contain duplicates; pass each (layer, head) once."
+            )
+        if use_directions and directions is None:
+            raise ConfigError("use_directions=True needs the lost directions V (directions=...).")
+        if not (use_directions or use_bias):
+            raise ConfigError("at least one of use_directions / use_bias must be enabled.")
+        heads = sorted(heads)
+        n, d = len(heads), geometry.d_head
+        self.use_directions = use_directions
+        self.use_bias = use_bias
+        self.register_buffer("heads", torch.tensor(heads, dtype=torch.long).reshape(n, 2))
+        if directions is not None:
+            expected = (geometry.n_layers, geometry.n_heads, d, d)
+            if tuple(directions.shape) != expected:
+                raise ConfigError(f"directions shape {tuple(directions.shape)} != {expected}.")
+            idx = self.heads
+            v = directions[idx[:, 0], idx[:, 1]].float().clone() if n else torch.zeros(0, d, d)
+        else:
+            v = torch.zeros(n, d, d)
+        self.register_buffer("directions", v)
+        self.beta = nn.Parameter(torch.zeros(n, d), requires_grad=use_directions)
+        self.bias = nn.Parameter(torch.zeros(n, d), requires_grad=use_bias)
+
+    # ---- values -------------------------------------------------------------------------------
+    @property
+    def n_selected(self) -> int:
+        return int(self.heads.shape[0])
+
+    def head_offsets(self) -> Float[Tensor, "n_selected d_head"]:
+        """c_learned per selected head: V^T beta + b."""
+        out = torch.zeros_like(self.bias)
+        if self.use_directions:
+            out = out + torch.einsum("nk,nkd->nd", self.beta, self.directions)
+        if self.use_bias:
+            out = out + self.bias
+        return out
+
+    def z_offsets(self) -> ZOffsets:
+        """Offsets for every head, zero where not selected: [n_layers, n_heads, d_head]."""
+        g = self.geometry
+        full = torch.zeros(g.n_layers, g.n_heads, g.d_head, device=self.bias.device)
+        if self.n_selected:
+            full = full.index_put((self.heads[:, 0], self.heads[:, 1]), self.head_offsets())
+        return full
+
+    def selected_heads(self) -> list[tuple[int, int]]:
+        return [(int(a), int(b)) for a, b in self.heads.tolist()]
+
+    @torch.no_grad()
+    def init_from(self, components: ZOffsets, *, scale: float = 1.0) -> Compensation:
+        """Start from the (training-free) lost components: b = scale * c for the selected heads."""
+        if not self.use_bias:
+            raise ConfigError("init from lost components needs use_bias=True.")
+        self.bias.copy_(scale * components[self.heads[:, 0], self.heads[:, 1]].to(self.bias))
+        return self
+
+    # ---- hooks --------------------------------------------------------------------------------
+    def fwd_hooks(self) -> list[tuple[str, Any]]:
+        """(hook name, hook fn) pairs adding this compensation at hook_z of every affected layer."""
+        if not self.n_selected:
+            return []
+        layers = sorted({lay for lay, _ in self.selected_heads()})
+
+        def add_offset(z: Tensor, *, hook) -> Tensor:
+            layer = int(hook.name.split(".")[1])
+            offsets = self.z_offsets()[layer]
+            return z + offsets.to(device=z.device, dtype=z.dtype)
+
+        return [(hook_z_name(layer), add_offset) for layer in layers]
+
+    @contextlib.contextmanager
+    def attach(self, bridge) -> Iterator[Any]:
+        """Add the offsets at hook_z for the duration of the block; the hooks are always removed."""
+        g = HeadGeometry.of(bridge)
+        mine = self.geometry
+        if (g.n_layers, g.n_heads, g.d_head) != (mine.n_layers, mine.n_heads, mine.d_head):
+            raise ConfigError(
+                f"compensation is for {mine.n_layers}x{mine.n_heads} heads of d_head {mine.d_head}, "
+                f"the model has {g.n_layers}x{g.n_heads} of d_head {g.d_head}."
+            )
+        self.to(next(bridge.parameters()).device)
+        with bridge.hooks(fwd_hooks=self.fwd_hooks()):
+            yield bridge
+
+    # ---- persistence --------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> Path:
+        """Write ``compensation.safetensors`` (z_offsets first, then beta, b, V, heads) atomically."""
+        offsets = self.z_offsets().detach().float().cpu()
+        check_finite(offsets)
+        meta = {
+            "format": "lcc_lens.compensation/1",
+            "lcc_lens_version": __version__,
+            "hook_name": HOOK_Z,
+            "geometry": json.dumps(self.geometry.__dict__),
+            "use_directions": str(self.use_directions),
+            "use_bias": str(self.use_bias),
+        }
+        meta.update(
+            {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+        )
+        tensors = {
+            "z_offsets": offsets.contiguous(),
+            "beta": self.beta.detach().float().cpu().contiguous(),
+            "bias": self.bias.detach().float().cpu().contiguous(),
+            "directions": self.directions.detach().float().cpu().contiguous(),
+            "heads": self.heads.cpu().contiguous(),
+        }
+        path = Path(path)
+        with atomic_file(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Compensation:
+        """Read a file written by :meth:`save`, validating shapes and values."""
+        tensors, meta = read_compensation_file(path)
+        g = HeadGeometry(**json.loads(meta["geometry"]))
+        n = tensors["heads"].shape[0]
+        d = g.d_head
+        expect = {"beta": (n, d), "bias": (n, d), "directions": (n, d, d)}
+        for name, shape in expect.items():
+            if tuple(tensors[name].shape) != shape:
+                raise CompensationFileError(
+                    f"{path}: tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {shape} "
+                    "for the recorded geometry. The file is inconsistent; re-export it."
+                )
+        comp = cls(
+            g,
+            [tuple(h) for h in tensors["heads"].tolist()],
+            torch.zeros(
+                g.n_layers, g.n_heads, d, d
+            ),  # placeholder; the stored rows are copied below
+            use_directions=meta.get("use_directions") == "True",
+            use_bias=meta.get("use_bias") == "True",
+        )
+        with torch.no_grad():
+            order = torch.tensor([g.flat_index(*h) for h in tensors["heads"].tolist()])
+            perm = torch.argsort(order)  # constructor sorts heads; align the stored rows
+            comp.directions.copy_(tensors["directions"][perm])
+            comp.beta.copy_(tensors["beta"][perm])
+            comp.bias.copy_(tensors["bias"][perm])
+        if not torch.allclose(comp.z_offsets(), tensors["z_offsets"], atol=1e-6, rtol=1e-5):
+            raise CompensationFileError(
+                f"{path}: z_offsets disagree with beta, b and the directions; the file is corrupt."
+            )
+        return comp
+
+
+def check_finite(offsets: Tensor) -> None:
+    """Refuse NaN/inf offsets (a diverged fit) before they reach a checkpoint."""
+    bad = ~torch.isfinite(offsets)
+    if bad.any():
+        n_bad = int(bad.any(dim=-1).sum()) if offsets.dim() > 1 else int(bad.sum())
+        raise CompensationFileError(
+            f"compensation offsets contain NaN or inf in {n_bad} head(s): the fit diverged. "
+            "Lower the learning rate or resume from an earlier checkpoint."
+        )
+
+
+def read_compensation_file(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Load and validate a compensation file: it exists, parses, and z_offsets is [L, H, d] finite fp32."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / COMPENSATION_FILE
+    if not path.is_file():
+        raise CompensationFileError(
+            f"compensation file {path} does not exist. Pass the {COMPENSATION_FILE} written by a fit run."
+        )
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CompensationFileError(f"{path} is not a readable safetensors file ({exc}).") from exc
+    if "z_offsets" not in tensors:
+        raise CompensationFileError(
+            f"{path} has no 'z_offsets' tensor; it is not an lcc_lens compensation."
+        )
+    z = tensors["z_offsets"]
+    if "geometry" in meta:
+        g = json.loads(meta["geometry"])
+        expected = (g["n_layers"], g["n_heads"], g["d_head"])
+        if tuple(z.shape) != expected:
+            raise CompensationFileError(
+                f"{path}: z_offsets has shape {tuple(z.shape)} but the recorded model has "
+                f"[n_layers, n_heads, d_head] = {list(expected)}."
+            )
+    elif z.dim() != 3:
+        raise CompensationFileError(
+            f"{path}: z_offsets must be [n_layers, n_heads, d_head], got {tuple(z.shape)}."
+        )
+    if z.dtype != torch.float32:
+        raise CompensationFileError(f"{path}: z_offsets must be float32, got {z.dtype}.")
+    check_finite(z)
+    for name in ("beta", "bias", "directions", "heads"):
+        if name not in tensors and "geometry" in meta:
+            raise CompensationFileError(
+                f"{path} lacks tensor {name!r}; re-export it with lcc_lens."
+            )
+    return tensors, meta
+
+
+def load_z_offsets(path: str | os.PathLike[str], geometry: HeadGeometry | None = None) -> ZOffsets:
+    """Just the validated offsets of a compensation file, optionally checked against a model's geometry."""
+    tensors, _ = read_compensation_file(path)
+    z = tensors["z_offsets"]
+    if geometry is not None:
+        expected = (geometry.n_layers, geometry.n_heads, geometry.d_head)
+        if tuple(z.shape) != expected:
+            raise CompensationFileError(
+                f"{path}: z_offsets {tuple(z.shape)} does not fit this model {list(expected)}."
+            )
+    return z
+
+
+def offsets_norm(offsets: ZOffsets) -> float:
+    """Frobenius norm of all offsets, for logging."""
+    return math.sqrt(float(offsets.double().square().sum()))

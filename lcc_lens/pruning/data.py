@@ -1,0 +1,171 @@
+"""Calibration data for pruning: texts from a named source, cut into fixed-length token sequences.
+
+Sources: ``"corpora"`` (the offline real text of :mod:`lcc_lens.corpora`, split "calibration"), ``"c4"``
+(allenai/c4, English, first training shard, as Wanda and SparseGPT use; needs network), a local ``.txt``
+(one document) or ``.json``/``.jsonl`` file (a list of strings or records with a ``text`` field), or any
+``datasets`` name ``name`` / ``name:config`` with a ``text`` column.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from lcc_lens.errors import DataError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+C4_FILE = "en/c4-train.00000-of-01024.json.gz"
+_FILE_SUFFIXES = (".txt", ".json", ".jsonl")
+
+
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def calibration_identity(source: str) -> dict[str, Any]:
+    """Name the calibration data without loading it (for cache keys and reports)."""
+    if source == "corpora":
+        from lcc_lens.corpora import corpus_identity
+
+        return corpus_identity("calibration")
+    path = Path(source).expanduser()
+    if path.is_file():
+        return {"file": str(path.resolve()), "sha256": _file_sha(path)}
+    if path.suffix in _FILE_SUFFIXES or source.startswith((".", "/", "~")):
+        raise DataError(
+            f"calibration file {source} does not exist; pass an existing .txt/.json/.jsonl file."
+        )
+    if source == "c4":
+        return {"dataset": "allenai/c4", "data_files": C4_FILE, "split": "train"}
+    return {"dataset": source, "split": "train"}
+
+
+def _texts_from_json(path: Path) -> list[str]:
+    raw = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".jsonl":
+            items = [json.loads(line) for line in raw.splitlines() if line.strip()]
+        else:
+            items = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"calibration file {path} is not valid JSON: {exc}.") from exc
+    if isinstance(items, dict):
+        items = items.get("text", items.get("data", []))
+    texts = []
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, str):
+            texts.append(item)
+        elif isinstance(item, dict) and isinstance(item.get("text"), str):
+            texts.append(item["text"])
+    if not texts:
+        raise DataError(
+            f"calibration file {path} holds no texts: write a list of strings or of records with a 'text' field."
+        )
+    return texts
+
+
+def load_calibration_texts(source: str) -> list[str]:
+    """The documents of a calibration source (see the module docstring)."""
+    if source == "corpora":
+        from lcc_lens.corpora import split_documents
+
+        return [d.text for d in split_documents("calibration")]
+    path = Path(source).expanduser()
+    if path.is_file():
+        if path.suffix in (".json", ".jsonl"):
+            return _texts_from_json(path)
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if not text.strip():
+            raise DataError(f"calibration file {path} is empty; pass a file with text.")
+        return [text]
+    calibration_identity(source)  # raises for a missing file
+    try:
+        import datasets
+    except ImportError as exc:  # pragma: no cover - a dependency
+        raise DataError("loading a calibration dataset needs the `datasets` package.") from exc
+    try:
+        if source == "c4":
+            ds = datasets.load_dataset("allenai/c4", data_files={"train": C4_FILE}, split="train")
+        else:
+            name, _, config = source.partition(":")
+            ds = datasets.load_dataset(name, config or None, split="train")
+    except Exception as exc:
+        raise DataError(
+            f"cannot load calibration dataset {source!r} ({type(exc).__name__}: {exc}). Offline, use "
+            "--calibration corpora or a local .txt/.json file."
+        ) from exc
+    if "text" not in ds.column_names:
+        raise DataError(f"dataset {source!r} has no 'text' column (columns: {ds.column_names}).")
+    return [t for t in ds["text"] if isinstance(t, str) and t.strip()]
+
+
+def calibration_tokens(
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    n_samples: int,
+    seq_len: int,
+    seed: int = 0,
+) -> Int[Tensor, "n_samples seq_len"]:
+    """``n_samples`` sequences of exactly ``seq_len`` tokens, deterministic in ``seed``.
+
+    Documents are visited in a seeded random order; each visit takes a window of at most ``seq_len``
+    tokens at a random offset (so long documents do not dominate), windows are joined with EOS, and the
+    stream is cut into sequences. Passes repeat with fresh offsets until enough sequences exist.
+    """
+    texts = [t for t in texts if t and t.strip()]
+    if not texts:
+        raise DataError(
+            "no calibration text: pass non-empty texts or another --calibration source."
+        )
+    rng = random.Random(seed)
+    eos = tokenizer.eos_token_id
+    span = seq_len * 8  # characters: comfortably more than seq_len tokens for natural text
+    samples: list[list[int]] = []
+    buf: list[int] = []
+    order = list(range(len(texts)))
+    while len(samples) < n_samples:
+        rng.shuffle(order)
+        gained = 0
+        for i in order:
+            text = texts[i]
+            start = rng.randrange(0, max(1, len(text) - span + 1))
+            ids = tokenizer(text[start : start + span], add_special_tokens=False)["input_ids"]
+            if start > 0:
+                ids = ids[1:]  # the first token may be a fragment of a word
+            ids = ids[:seq_len]
+            if not ids:
+                continue
+            buf.extend(ids)
+            gained += len(ids)
+            if eos is not None:
+                buf.append(eos)
+            while len(buf) >= seq_len and len(samples) < n_samples:
+                samples.append(buf[:seq_len])
+                buf = buf[seq_len:]
+            if len(samples) >= n_samples:
+                break
+        if gained == 0:
+            raise DataError("the calibration texts tokenize to nothing; pass real text.")
+    return torch.tensor(samples, dtype=torch.long)
+
+
+def tokens_sha(tokens: Tensor) -> str:
+    """A short content hash of calibration token ids (recorded in reports)."""
+    return hashlib.sha256(tokens.cpu().numpy().tobytes()).hexdigest()[:16]
