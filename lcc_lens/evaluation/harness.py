@@ -64,17 +64,38 @@ def primary_metric(task: str) -> str | None:
 
 def task_manager(
     include_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    *,
+    include_defaults: bool = True,
 ):
-    """An lm-eval TaskManager over its built-in tasks and ``include_path`` (e.g. the offline suite)."""
+    """An lm-eval TaskManager over ``include_path`` (e.g. the offline suite) and, by default, its
+    built-in tasks (indexing those takes seconds)."""
     from lm_eval.tasks import TaskManager
 
-    if include_path is None:
+    paths = _include_paths(include_path)
+    if not paths:
         return TaskManager()
+    return TaskManager(include_path=paths, include_defaults=include_defaults)
+
+
+def _include_paths(
+    include_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
+) -> list[str]:
+    if include_path is None:
+        return []
     paths = [include_path] if isinstance(include_path, (str, os.PathLike)) else list(include_path)
     for path in paths:
         if not Path(path).is_dir():
             raise ConfigError(f"include_path {path} is not a directory of lm-eval YAML tasks.")
-    return TaskManager(include_path=[str(p) for p in paths])
+    return [str(p) for p in paths]
+
+
+def _manager_for(tasks: Sequence[str], include_path: Any) -> Any:
+    """The local tasks alone when they cover ``tasks`` (fast); else with lm-eval's built-in tasks."""
+    if include_path is not None and not isinstance(tasks, str):
+        local = task_manager(include_path, include_defaults=False)
+        if tasks and all(t in set(local.all_tasks) for t in tasks):
+            return local
+    return task_manager(include_path)
 
 
 def check_task_names(tasks: Sequence[str], manager: Any) -> list[str]:
@@ -180,7 +201,11 @@ def evaluate_lm_eval(
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
     if limit is not None and limit <= 0:
         raise ConfigError(f"limit must be positive, got {limit}.")
-    manager = task_manager(include_path)
+    if isinstance(model_or_path, (str, os.PathLike)):
+        from lcc_lens.models import resolve_model_source
+
+        resolve_model_source(model_or_path)  # a bad directory fails before lm-eval indexes tasks
+    manager = _manager_for(tasks, include_path)
     tasks = check_task_names(tasks, manager)
     lm = _hf_lm(model_or_path, tokenizer, batch_size, device, max_length)
 

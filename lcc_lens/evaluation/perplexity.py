@@ -233,3 +233,21 @@ def perplexity(
         n_windows=len(windows),
         context_length=length,
     )
+
+
+def wikitext2_test_text() -> str:
+    """WikiText-2 (raw) test split joined by blank lines, the pruning literature's text (needs the hub).
+
+    Offline this fails fast with a DataError instead of hanging.
+    """
+    try:
+        from datasets import load_dataset
+
+        data = load_dataset("wikitext", "wikitext-2-raw-v1", split="test")
+    except Exception as exc:  # datasets raises ConnectionError, DatasetNotFoundError, ...
+        raise DataError(
+            f"cannot load WikiText-2 from the Hugging Face hub ({type(exc).__name__}: {exc}). "
+            "Run online once to cache it, or score the offline held-out text (perplexity='heldout') "
+            "or a text file of your own."
+        ) from exc
+    return "\n\n".join(data["text"])

@@ -146,7 +146,9 @@ def calibration_tokens(
         for i in order:
             text = texts[i]
             start = rng.randrange(0, max(1, len(text) - span + 1))
-            ids = tokenizer(text[start : start + span], add_special_tokens=False)["input_ids"]
+            ids = tokenizer(text[start : start + span], add_special_tokens=False, verbose=False)[
+                "input_ids"
+            ]
             if start > 0:
                 ids = ids[1:]  # the first token may be a fragment of a word
             ids = ids[:seq_len]

@@ -1,0 +1,33 @@
+"""The CI-budgeted end-to-end run on the real embedded SmolLM2-135M-Instruct (a few minutes on 2 cores).
+
+Wanda 50 % prune (cached), lost components, probing, a short KL fit through the CLI, export check, and the
+held-out perplexity ordering dense < restored < pruned.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lcc_lens.cli.fit import main as fit_main
+
+pytestmark = pytest.mark.slow
+
+
+def test_fit_cli_end_to_end_on_the_real_model(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = fit_main(
+        [
+            "--out", str(out), "--steps", "8", "--n-train", "64", "--n-diff-prompts", "32",
+            "--n-probe", "48", "--head-fraction", "0.25", "--eval-windows", "12", "--device", "cpu",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    summary = json.loads((out / "metrics.json").read_text())["summary"]
+    assert summary["ppl_dense"] < summary["ppl_restored"] < summary["ppl_pruned"]
+    assert summary["gap_closed"] > 0
+    assert summary["export_max_abs_logit_diff"] < 1e-3
+    heads = json.loads((out / "heads.json").read_text())
+    assert heads["n_selected"] == round(0.25 * 270)
+    assert "gap closed" in capsys.readouterr().out
