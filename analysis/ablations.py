@@ -165,6 +165,8 @@ def run(cfg: AblationConfig) -> list[dict[str, Any]]:
             comp.init_from(ctx.lost(v.k).components)
             final_loss = float("nan")
         ppl = ctx.ppl(comp)
+        if v is VARIANTS[0]:
+            save_base(cfg.out / "base_fit", comp, ranking, history)
         row = {
             "variant": v.name,
             "selection": v.selection,
@@ -184,6 +186,24 @@ def run(cfg: AblationConfig) -> list[dict[str, Any]]:
         logger.info("%s: ppl %.3f, gap closed %.3f", v.name, ppl, row["gap closed"])
     write_report(cfg, ctx, rows, time.perf_counter() - t0)
     return rows
+
+
+def save_base(folder: Path, comp, ranking: HeadRanking, history: list[dict[str, Any]]) -> None:
+    """Keep the base variant's fit so that analysis/findings.py can reuse it instead of retraining."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    comp.save(folder / "compensation.safetensors")
+    torch.save(
+        {
+            "method": ranking.method,
+            "scores": ranking.scores,
+            "order": ranking.order,
+            "selected": ranking.selected,
+        },
+        folder / "ranking.pt",
+    )
+    write_text(folder / "history.json", json.dumps(history))
 
 
 def write_report(
@@ -242,6 +262,8 @@ def write_report(
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("kaleido", "choreographer", "logistro"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     rows = run(parse_args(argv))
     for r in rows:
         print(f"{r['variant']:<45} PPL {r['held-out PPL']:.3f}  gap closed {r['gap closed']:+.3f}")

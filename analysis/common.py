@@ -91,7 +91,7 @@ class Context:
         }
 
 
-def prepare(setup: Setup) -> Context:
+def prepare(setup: Setup, *, with_probe: bool = True) -> Context:
     """Prune (cached), load the pair, encode data, take the diffs once, and score dense and pruned."""
     t0 = time.perf_counter()
     fcfg = FitConfig(
@@ -108,7 +108,7 @@ def prepare(setup: Setup) -> Context:
         [e.prompt for e in train_ex[: setup.n_diff]],
         DiffConfig(positions="last", max_length=setup.max_length, seed=setup.seed),
     )
-    probe = probe_samples(train_ex[: setup.n_probe])
+    probe = probe_samples(train_ex[: setup.n_probe]) if with_probe else []
     eval_text = split_text("test")
     kw = {"context_length": setup.eval_context, "max_windows": setup.eval_windows}
     ppl_dense = perplexity(pair.dense, pair.tokenizer, eval_text, **kw).ppl

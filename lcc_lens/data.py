@@ -64,7 +64,12 @@ def _from_records(records: Sequence[dict], source: str) -> list[Example]:
     out: list[Example] = []
     if {"instruction", "output"} <= keys:
         for r in records:
-            out.append(Example(render_alpaca(str(r["instruction"]), str(r.get("input") or "")), str(r["output"])))
+            out.append(
+                Example(
+                    render_alpaca(str(r["instruction"]), str(r.get("input") or "")),
+                    str(r["output"]),
+                )
+            )
     elif {"question", "choices"} <= keys and ({"answer"} & keys or {"label"} & keys):
         for r in records:
             choices = [str(c) for c in r["choices"]]
@@ -109,7 +114,9 @@ def continuation_examples(texts: Sequence[str], prompt_fraction: float = 0.5) ->
     return out
 
 
-def load_examples(spec: str, *, split: str = "train", n: int | None = None, seed: int = 0) -> list[Example]:
+def load_examples(
+    spec: str, *, split: str = "train", n: int | None = None, seed: int = 0
+) -> list[Example]:
     """Examples from a data spec.
 
     ``offline``: continuations of real text from the shipped corpora ("fit" split for train, "validation"
@@ -148,7 +155,9 @@ def _load_file(path: Path) -> list[Example]:
     try:
         ds = datasets.load_dataset(kind, data_files=str(path.resolve()), split="train")
     except Exception as exc:  # datasets raises many types for malformed files
-        raise DataError(f"cannot parse {path} as {kind.upper()}: {exc}. Fix the file's syntax.") from exc
+        raise DataError(
+            f"cannot parse {path} as {kind.upper()}: {exc}. Fix the file's syntax."
+        ) from exc
     return _from_records(list(ds), str(path))
 
 
@@ -212,7 +221,9 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def collate(batch: Sequence[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def collate(
+    batch: Sequence[Encoded], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded (input_ids, attention_mask, response_mask) tensors."""
     width = max(len(e.input_ids) for e in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)

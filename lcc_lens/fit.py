@@ -12,8 +12,8 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -83,7 +83,14 @@ class FitConfig:
             raise ConfigError(f"k must be >= 1, got {self.k}.")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}.")
-        for name in ("n_train", "n_diff_prompts", "n_probe", "max_length", "eval_windows", "eval_context"):
+        for name in (
+            "n_train",
+            "n_diff_prompts",
+            "n_probe",
+            "max_length",
+            "eval_windows",
+            "eval_context",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
         self.train_config()  # validates the optimisation settings
@@ -166,8 +173,14 @@ def _data(config: FitConfig) -> tuple[list[Example], list[Example]]:
 
 def _identity(config: FitConfig, pruned_source: str, ranking: HeadRanking) -> str:
     """What a resumable checkpoint must agree on besides the optimisation settings."""
-    keep = {k: v for k, v in asdict(config).items() if k not in ("device", "checkpoint_every", "eval_windows")}
-    payload = json.dumps({"config": keep, "pruned": pruned_source, "heads": ranking.selected}, sort_keys=True)
+    keep = {
+        k: v
+        for k, v in asdict(config).items()
+        if k not in ("device", "checkpoint_every", "eval_windows")
+    }
+    payload = json.dumps(
+        {"config": keep, "pruned": pruned_source, "heads": ranking.selected}, sort_keys=True
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -215,7 +228,13 @@ def fit(
     pruned_source = resolve_pruned(config)
     pair = ModelPair.load(config.dense, pruned_source, dtype=dtype, device=device)
     g = pair.geometry
-    logger.info("pair: %s, %d layers x %d heads (d_head %d)", g.architecture, g.n_layers, g.n_heads, g.d_head)
+    logger.info(
+        "pair: %s, %d layers x %d heads (d_head %d)",
+        g.architecture,
+        g.n_layers,
+        g.n_heads,
+        g.d_head,
+    )
 
     train_ex, val_ex = _data(config)
     train_enc = encode(pair.tokenizer, train_ex, config.max_length)
@@ -240,7 +259,9 @@ def fit(
         probe_data=probe,
         kl_prompts=[e.prompt + e.response for e in train_ex[:16]],
     )
-    logger.info("selected %d of %d heads by %s", len(ranking.selected), g.n_total_heads, ranking.method)
+    logger.info(
+        "selected %d of %d heads by %s", len(ranking.selected), g.n_total_heads, ranking.method
+    )
 
     comp = Compensation(
         g,
@@ -265,11 +286,15 @@ def fit(
         on_step=on_step,
     )
     metrics: dict[str, Any] = {"val_loss_pruned": val_before}
-    metrics["val_loss_restored"] = evaluate_loss(pair, comp, val_enc, tcfg) if val_enc else float("nan")
+    metrics["val_loss_restored"] = (
+        evaluate_loss(pair, comp, val_enc, tcfg) if val_enc else float("nan")
+    )
     metrics.update(heldout_perplexities(pair, comp, config))
     metrics["n_selected_heads"] = comp.n_selected
     metrics["n_trainable_parameters"] = sum(p.numel() for p in comp.parameters() if p.requires_grad)
-    result = FitResult(config, pair, comp, ranking, components, diff, history, metrics, pruned_source, run)
+    result = FitResult(
+        config, pair, comp, ranking, components, diff, history, metrics, pruned_source, run
+    )
     if run is not None:
         write_run(result, run)
     metrics["wall_time_s"] = time.perf_counter() - t0
@@ -291,7 +316,12 @@ def write_run(result: FitResult, run: Path) -> None:
     cfg = result.config
     identities = {"dense": describe(cfg.dense), "pruned": describe(result.pruned_source)}
     write_text(run / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    meta = {"models": identities, "selection": result.ranking.method, "k": cfg.k, "objective": cfg.objective}
+    meta = {
+        "models": identities,
+        "selection": result.ranking.method,
+        "k": cfg.k,
+        "objective": cfg.objective,
+    }
     result.compensation.save(run / COMPENSATION_FILE, metadata=meta)
     export_checkpoint(result.pruned_source, result.compensation, run / "model", metadata=meta)
     result.metrics["export_max_abs_logit_diff"] = export_check(result, run / "model")
@@ -306,7 +336,9 @@ def export_check(result: FitResult, model_dir: Path) -> float:
     from lcc_lens.models import load_causal_lm
 
     merged, tok = load_causal_lm(model_dir, device=result.pair.device)
-    ids = tok(split_text("validation")[:2000], return_tensors="pt")["input_ids"][:, :64].to(result.pair.device)
+    ids = tok(split_text("validation")[:2000], return_tensors="pt")["input_ids"][:, :64].to(
+        result.pair.device
+    )
     with result.compensation.attach(result.pair.pruned):
         hooked = result.pair.pruned(ids, return_type="logits")
     diff = float((merged(ids).logits.float() - hooked.float()).abs().max())
@@ -325,9 +357,14 @@ def write_plots(result: FitResult, folder: Path) -> None:
         plots.save_figure(plots.training_curves(result.history), folder / "training_curves")
     ppl = {k: m[f"ppl_{k}"] for k in ("dense", "pruned", "restored") if f"ppl_{k}" in m}
     plots.save_figure(plots.comparison_bar(ppl, "held-out perplexity"), folder / "perplexity")
-    prompts = [e.prompt for e in load_examples("offline", split="validation", n=32, seed=result.config.seed + 1)]
+    prompts = [
+        e.prompt
+        for e in load_examples("offline", split="validation", n=32, seed=result.config.seed + 1)
+    ]
     stats = restoration_stats(result.pair, result.compensation, prompts)
-    fig = plots.restoration_heatmap(stats, result.pair.geometry, result.compensation.selected_heads())
+    fig = plots.restoration_heatmap(
+        stats, result.pair.geometry, result.compensation.selected_heads()
+    )
     plots.save_figure(fig, folder / "restoration")
 
 

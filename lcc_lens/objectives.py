@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -60,12 +59,11 @@ def objective_loss(
     if objective == "kl":
         return kl_loss(student_logits, teacher_logits, response_mask)
     if objective == "mix":
-        return (1 - kl_weight) * lm_loss(student_logits, input_ids, response_mask) + kl_weight * kl_loss(
-            student_logits, teacher_logits, response_mask
-        )
+        return (1 - kl_weight) * lm_loss(
+            student_logits, input_ids, response_mask
+        ) + kl_weight * kl_loss(student_logits, teacher_logits, response_mask)
     raise ConfigError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}.")
 
 
 def needs_teacher(objective: Objective) -> bool:
     return objective in ("kl", "mix")
-

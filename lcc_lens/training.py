@@ -76,7 +76,9 @@ def _micro_batches(n: int, cfg: TrainConfig, step: int) -> list[list[int]]:
         for j in range(cfg.batch_size):
             flat = step * per_step + a * cfg.batch_size + j
             epoch, pos = divmod(flat, n)
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+            perm = torch.randperm(
+                n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+            )
             idx.append(int(perm[pos]))
         out.append(idx)
     return out
@@ -89,7 +91,9 @@ def _schedule(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _batch_loss(pair: ModelPair, comp: Compensation, batch: Sequence[Encoded], cfg: TrainConfig) -> torch.Tensor:
+def _batch_loss(
+    pair: ModelPair, comp: Compensation, batch: Sequence[Encoded], cfg: TrainConfig
+) -> torch.Tensor:
     pad = pair.tokenizer.pad_token_id if pair.tokenizer.pad_token_id is not None else 0
     ids, attn, resp = (t.to(pair.device) for t in collate(batch, pad))
     teacher = None
@@ -157,7 +161,9 @@ def train(
     ckpt_path = Path(run_dir) / CHECKPOINT if run_dir is not None else None
     if resume:
         if ckpt_path is None or not ckpt_path.is_file():
-            raise LccError(f"--resume: no checkpoint at {ckpt_path}; start a fresh run without --resume.")
+            raise LccError(
+                f"--resume: no checkpoint at {ckpt_path}; start a fresh run without --resume."
+            )
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if state["key"] != key:
             raise LccError(

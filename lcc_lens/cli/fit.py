@@ -49,16 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--dense", help="dense model: HF id, local directory or 'embedded'")
-    p.add_argument("--pruned", help="pruned model directory (default: cached Wanda prune of --dense)")
+    p.add_argument(
+        "--pruned", help="pruned model directory (default: cached Wanda prune of --dense)"
+    )
     p.add_argument("--prune-method", dest="prune_method")
     p.add_argument("--prune-sparsity", dest="prune_sparsity", type=float)
     p.add_argument("--prune-pattern", dest="prune_pattern")
-    p.add_argument("--data", help="'offline', 'alpaca', a hub dataset, or a .json/.jsonl/.csv/.txt file")
+    p.add_argument(
+        "--data", help="'offline', 'alpaca', a hub dataset, or a .json/.jsonl/.csv/.txt file"
+    )
     p.add_argument("--n-train", dest="n_train", type=int)
     p.add_argument("--max-length", dest="max_length", type=int)
     p.add_argument("--objective", choices=["lm", "kl", "mix"])
     p.add_argument("--kl-weight", dest="kl_weight", type=float)
-    p.add_argument("--heads", choices=["probe", "norm", "mse", "kl", "random", "all"], help="head selector")
+    p.add_argument(
+        "--heads", choices=["probe", "norm", "mse", "kl", "random", "all"], help="head selector"
+    )
     p.add_argument("--head-fraction", dest="head_fraction", type=float)
     p.add_argument("--n-heads", dest="n_heads", type=_optional_int)
     p.add_argument("--k", type=int, help="rank of the lost component")
@@ -132,13 +138,17 @@ def summary_table(result: FitResult) -> str:
     lines = ["", "model            held-out PPL", "---------------  ------------"]
     lines += [f"{name:<15}  {val:>12.3f}" for name, val in rows if val is not None]
     gap = m.get("gap_closed", float("nan"))
-    lines.append(f"gap closed: {gap * 100:.1f} % of (pruned - dense)" if not math.isnan(gap) else "")
+    lines.append(
+        f"gap closed: {gap * 100:.1f} % of (pruned - dense)" if not math.isnan(gap) else ""
+    )
     lines.append(
         f"heads compensated: {m.get('n_selected_heads')} ({result.ranking.method}); trainable parameters: "
         f"{m.get('n_trainable_parameters')}; eval tokens: {m.get('eval_tokens')}"
     )
     if "export_max_abs_logit_diff" in m:
-        lines.append(f"export check: max |logit(hooked) - logit(exported)| = {m['export_max_abs_logit_diff']:.2e}")
+        lines.append(
+            f"export check: max |logit(hooked) - logit(exported)| = {m['export_max_abs_logit_diff']:.2e}"
+        )
     if "wall_time_s" in m:
         lines.append(f"wall time: {m['wall_time_s']:.0f} s")
     if result.out_dir is not None:

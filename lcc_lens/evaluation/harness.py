@@ -23,6 +23,7 @@ task instead of hanging. The offline suite (:mod:`lcc_lens.evaluation.suite`) ru
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import math
 import os
@@ -68,13 +69,21 @@ def task_manager(
     include_defaults: bool = True,
 ):
     """An lm-eval TaskManager over ``include_path`` (e.g. the offline suite) and, by default, its
-    built-in tasks (indexing those takes seconds)."""
-    from lm_eval.tasks import TaskManager
-
+    built-in tasks. Indexing the built-in tasks takes seconds, so the manager without ``include_path``
+    is built once per process."""
     paths = _include_paths(include_path)
     if not paths:
-        return TaskManager()
+        return _default_task_manager()
+    from lm_eval.tasks import TaskManager
+
     return TaskManager(include_path=paths, include_defaults=include_defaults)
+
+
+@functools.lru_cache(maxsize=1)
+def _default_task_manager():
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
 
 
 def _include_paths(
@@ -90,11 +99,19 @@ def _include_paths(
 
 
 def _manager_for(tasks: Sequence[str], include_path: Any) -> Any:
-    """The local tasks alone when they cover ``tasks`` (fast); else with lm-eval's built-in tasks."""
-    if include_path is not None and not isinstance(tasks, str):
-        local = task_manager(include_path, include_defaults=False)
-        if tasks and all(t in set(local.all_tasks) for t in tasks):
-            return local
+    """The narrowest manager that knows every task: the local YAML tasks alone, lm-eval's built-in
+    tasks alone (cached), or both; a manager that lacks some name is returned for the error message."""
+    if isinstance(tasks, str):
+        tasks = [tasks]
+    if include_path is None:
+        return task_manager()
+    local = task_manager(include_path, include_defaults=False)
+    local_names = set(local.all_tasks)
+    if tasks and all(t in local_names for t in tasks):
+        return local
+    defaults = task_manager()
+    if not any(t in local_names for t in tasks):
+        return defaults
     return task_manager(include_path)
 
 

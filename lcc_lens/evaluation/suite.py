@@ -59,9 +59,9 @@ _HOOKS_MODULE = "lcc_suite_hooks"
 class SuiteSizes:
     """Items per task. The defaults separate dense SmolLM2-135M from Wanda-50 % by many stderrs."""
 
-    heldout_ppl: int = 200
-    next_passage: int = 400
-    last_word: int = 400
+    heldout_ppl: int = 150
+    next_passage: int = 300
+    last_word: int = 300
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -118,8 +118,8 @@ def _origin(block: Block) -> dict[str, Any]:
 
 
 def heldout_ppl_items(n: int, seed: int) -> list[dict[str, Any]]:
-    """``n`` blocks of 400-1200 characters to score by rolling log-likelihood."""
-    pool = _interleaved(text_blocks(400, 1200), random.Random(f"{seed}/heldout_ppl"))
+    """``n`` blocks of 300-900 characters to score by rolling log-likelihood."""
+    pool = _interleaved(text_blocks(300, 900), random.Random(f"{seed}/heldout_ppl"))
     _need(pool, n, TASK_HELDOUT_PPL)
     return [{"text": b.text, **_origin(b)} for b in pool[:n]]
 
@@ -128,7 +128,7 @@ _WORD = re.compile(r"\S+")
 
 
 def next_passage_items(
-    n: int, seed: int, *, context_chars: int = 300, ending_words: int = 16, n_choices: int = 4
+    n: int, seed: int, *, context_chars: int = 200, ending_words: int = 12, n_choices: int = 4
 ) -> list[dict[str, Any]]:
     """``n`` HellaSwag-style items: context, the true next words, and distractor endings."""
     rng = random.Random(f"{seed}/next_passage")
@@ -145,15 +145,17 @@ def next_passage_items(
         cands.append((block, block.text[:cut], ending))
     _need(cands, n, TASK_NEXT_PASSAGE)
     cands = cands[:n]
-    by_source: dict[str, list[int]] = {}
-    for i, (block, _, _) in enumerate(cands):
-        by_source.setdefault(block.source, []).append(i)
+    endings: dict[str, set[str]] = {}
+    for block, _, ending in cands:
+        endings.setdefault(block.source, set()).add(ending)
+    everything = set().union(*endings.values())
     items = []
-    for i, (block, context, ending) in enumerate(cands):
-        others = [j for j in by_source[block.source] if j != i]
+    for block, context, ending in cands:
+        # distinct endings of other items of the same source (all sources if too few)
+        others = sorted(endings[block.source] - {ending})
         if len(others) < n_choices - 1:
-            others = [j for j in range(len(cands)) if j != i]
-        choices = [ending] + [cands[j][2] for j in rng.sample(others, n_choices - 1)]
+            others = sorted(everything - {ending})
+        choices = [ending, *rng.sample(others, n_choices - 1)]
         order = rng.sample(range(n_choices), n_choices)
         shuffled = [choices[k] for k in order]
         items.append(
@@ -165,10 +167,10 @@ def next_passage_items(
 _SENTENCE_END_WORD = re.compile(r"(?<= )([A-Za-z]{3,})(?=[.!?])")
 
 
-def last_word_items(n: int, seed: int, *, min_context_chars: int = 200) -> list[dict[str, Any]]:
+def last_word_items(n: int, seed: int, *, min_context_chars: int = 150) -> list[dict[str, Any]]:
     """``n`` LAMBADA-style items: context, and a sentence-final word that occurs in the context."""
     items = []
-    for block in _interleaved(text_blocks(400, 1200), random.Random(f"{seed}/last_word")):
+    for block in _interleaved(text_blocks(300, 900), random.Random(f"{seed}/last_word")):
         for match in reversed(list(_SENTENCE_END_WORD.finditer(block.text))):
             context = block.text[: match.start() - 1]
             word = match.group(1)

@@ -44,13 +44,18 @@ def test_zero_heads_leave_the_model_unchanged(base_config, tmp_path):
     assert res.compensation.n_selected == 0
     assert res.history == []
     assert res.metrics["ppl_restored"] == res.metrics["ppl_pruned"]
-    assert torch.equal(load_file(str(tmp_path / "run" / "compensation.safetensors"))["z_offsets"], torch.zeros(3, 4, 16))
+    assert torch.equal(
+        load_file(str(tmp_path / "run" / "compensation.safetensors"))["z_offsets"],
+        torch.zeros(3, 4, 16),
+    )
 
 
 def test_loss_decreases_on_a_fixed_batch(llama_pair_dirs):
     pair = ModelPair.load(*llama_pair_dirs)
     data = encode(pair.tokenizer, load_examples("offline", n=4), 96)
-    comp = Compensation(pair.geometry, [(lay, h) for lay in range(3) for h in range(4)], None, use_directions=False)
+    comp = Compensation(
+        pair.geometry, [(lay, h) for lay in range(3) for h in range(4)], None, use_directions=False
+    )
     for objective in ("lm", "kl"):
         with torch.no_grad():
             comp.bias.zero_()
@@ -90,16 +95,42 @@ def test_cli_run_directory(base_config, tmp_path, capsys):
     out = tmp_path / "cli"
     rc = main(
         [
-            "--dense", base_config.dense, "--pruned", str(base_config.pruned), "--out", str(out),
-            "--n-train", "16", "--steps", "2", "--batch-size", "4", "--heads", "probe", "--n-heads", "3",
-            "--eval-windows", "2", "--eval-context", "64", "--max-length", "96",
-            "--device", "cpu",
+            "--dense",
+            base_config.dense,
+            "--pruned",
+            str(base_config.pruned),
+            "--out",
+            str(out),
+            "--n-train",
+            "16",
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--heads",
+            "probe",
+            "--n-heads",
+            "3",
+            "--eval-windows",
+            "2",
+            "--eval-context",
+            "64",
+            "--max-length",
+            "96",
+            "--device",
+            "cpu",
         ]
     )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "held-out PPL" in printed and "gap closed" in printed
-    for name in ("config.yaml", "compensation.safetensors", "heads.json", "metrics.json", "model/config.json"):
+    for name in (
+        "config.yaml",
+        "compensation.safetensors",
+        "heads.json",
+        "metrics.json",
+        "model/config.json",
+    ):
         assert (out / name).is_file(), name
     heads = json.loads((out / "heads.json").read_text())
     assert heads["n_selected"] == 3 and len(heads["ranking"]) == 12
@@ -132,13 +163,44 @@ def test_cli_bad_inputs_exit_nonzero_and_write_nothing(base_config, tmp_path, ca
     common = ["--device", "cpu", "--steps", "1", "--out", str(out)]
     assert main(["--dense", base_config.dense, "--pruned", str(other), *common]) == 1
     assert "cannot be paired" in capsys.readouterr().err
-    assert main(["--dense", base_config.dense, "--pruned", str(base_config.pruned), "--n-heads", "99", *common]) == 1
+    assert (
+        main(
+            [
+                "--dense",
+                base_config.dense,
+                "--pruned",
+                str(base_config.pruned),
+                "--n-heads",
+                "99",
+                *common,
+            ]
+        )
+        == 1
+    )
     assert "only 12" in capsys.readouterr().err
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    assert main(["--dense", base_config.dense, "--pruned", str(base_config.pruned), "--data", str(empty), *common]) == 1
+    assert (
+        main(
+            [
+                "--dense",
+                base_config.dense,
+                "--pruned",
+                str(base_config.pruned),
+                "--data",
+                str(empty),
+                *common,
+            ]
+        )
+        == 1
+    )
     assert "empty" in capsys.readouterr().err
-    assert main(["--dense", base_config.dense, "--pruned", str(base_config.pruned), "--resume", *common]) == 1
+    assert (
+        main(
+            ["--dense", base_config.dense, "--pruned", str(base_config.pruned), "--resume", *common]
+        )
+        == 1
+    )
     assert "no checkpoint" in capsys.readouterr().err
     assert main(["--dense", base_config.dense, "--lr", "-1"]) == 2
     assert not out.exists() or not any(out.iterdir())

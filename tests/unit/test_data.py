@@ -30,7 +30,9 @@ def test_alpaca_records_use_the_template(tmp_path):
 
 
 def test_task_records_carry_negatives(tmp_path):
-    mc = _write_jsonl(tmp_path / "mc.jsonl", [{"question": "2+2?", "choices": ["3", "4", "5"], "answer": 1}])
+    mc = _write_jsonl(
+        tmp_path / "mc.jsonl", [{"question": "2+2?", "choices": ["3", "4", "5"], "answer": 1}]
+    )
     (e,) = load_examples(str(mc))
     assert e.response == " 4" and set(e.negatives) == {" 3", " 5"}
     yn = _write_jsonl(tmp_path / "yn.jsonl", [{"question": "is water wet", "answer": True}])
@@ -44,7 +46,9 @@ def test_response_mask_marks_exactly_the_response():
     enc = encode(tok, ex, max_length=256)
     for e, x in zip(ex, enc, strict=True):
         resp_ids = [t for t, m in zip(x.input_ids, x.response_mask, strict=True) if m]
-        assert tok.decode(resp_ids).strip() == e.response.strip()[: len(tok.decode(resp_ids).strip())]
+        assert (
+            tok.decode(resp_ids).strip() == e.response.strip()[: len(tok.decode(resp_ids).strip())]
+        )
         assert x.response_mask[0] == 0 and x.response_mask[-1] == 1
     ids, attn, resp = collate(enc, pad_id=0)
     assert ids.shape == attn.shape == resp.shape

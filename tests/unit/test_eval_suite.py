@@ -93,7 +93,7 @@ def test_item_structure(suite):
         assert row["target"] == " " + word and word.isalpha() and len(word) >= 3
         assert word in row["context"]
     for row in _rows(directory, "lcc_heldout_ppl"):
-        assert 400 <= len(row["text"]) <= 1200
+        assert 300 <= len(row["text"]) <= 900
 
 
 def test_builders_match_sizes():

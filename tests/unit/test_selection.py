@@ -38,7 +38,9 @@ def test_baseline_selectors_find_the_planted_head(planted_pair):
         r = select_heads(planted_pair, SelectConfig(method=method, n_heads=1), **kw)
         assert r.selected == [(2, 2)], method
         assert r.order[0] == (2, 2)
-    kl = select_heads(planted_pair, SelectConfig(method="kl", n_heads=1), kl_prompts=PROMPTS[:4]).scores
+    kl = select_heads(
+        planted_pair, SelectConfig(method="kl", n_heads=1), kl_prompts=PROMPTS[:4]
+    ).scores
     others = kl.clone()
     others[2, 2] = 0
     assert kl[2, 2] > 0 and others.abs().max() < 1e-6  # unchanged heads have exactly no gap
