@@ -79,6 +79,9 @@ class AblationConfig:
     objective: str = "kl"
     only: tuple[str, ...] = ()
     out: Path = RESULTS
+    report_only: bool = False
+    ppl_dense: float | None = None
+    ppl_pruned: float | None = None
 
 
 def parse_args(argv: list[str] | None = None) -> AblationConfig:
@@ -88,6 +91,7 @@ def parse_args(argv: list[str] | None = None) -> AblationConfig:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--objective", default="kl", choices=["lm", "kl", "mix"])
     p.add_argument("--n-train", type=int, default=128)
+    p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--eval-windows", type=int, default=24)
     p.add_argument("--only", default="", help=f"comma-separated subset of {sorted(SHORT)}")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -95,6 +99,14 @@ def parse_args(argv: list[str] | None = None) -> AblationConfig:
         "--dense", default="embedded", help="dense model (default: the embedded SmolLM2)"
     )
     p.add_argument("--prune-method", default="wanda")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rebuild the report from results/ablations.jsonl (rows of an interrupted run) and "
+        "ablations_meta.json, or --ppl-dense/--ppl-pruned as logged by that run",
+    )
+    p.add_argument("--ppl-dense", type=float, default=None)
+    p.add_argument("--ppl-pruned", type=float, default=None)
     a = p.parse_args(argv)
     only = tuple(s for s in a.only.split(",") if s)
     bad = [s for s in only if s not in SHORT]
@@ -105,11 +117,23 @@ def parse_args(argv: list[str] | None = None) -> AblationConfig:
         dense=a.dense,
         prune_method=a.prune_method,
         n_train=a.n_train,
+        max_length=a.max_length,
         n_diff=min(128, a.n_train),
         n_probe=min(128, a.n_train),
         eval_windows=a.eval_windows,
     )
-    return AblationConfig(setup, a.steps, a.lr, a.batch_size, a.objective, only, a.out)
+    return AblationConfig(
+        setup,
+        a.steps,
+        a.lr,
+        a.batch_size,
+        a.objective,
+        only,
+        a.out,
+        a.report_only,
+        a.ppl_dense,
+        a.ppl_pruned,
+    )
 
 
 def _ranking(ctx: Context, cache: dict, selection: str, k: int, fraction: float) -> HeadRanking:
@@ -145,6 +169,10 @@ def run(cfg: AblationConfig) -> list[dict[str, Any]]:
     cfg.out.mkdir(parents=True, exist_ok=True)
     partial = cfg.out / "ablations.jsonl"
     partial.write_text("")
+    meta = run_meta(
+        cfg, ctx.ppl_dense, ctx.ppl_pruned, ctx.diff.n_positions, len(ctx.probe), ctx.identity()
+    )
+    write_text(cfg.out / "ablations_meta.json", json.dumps(meta, default=str))
     for v in variants:
         t1 = time.perf_counter()
         ranking = _ranking(ctx, rankings, v.selection, v.k, v.fraction)
@@ -184,8 +212,59 @@ def run(cfg: AblationConfig) -> list[dict[str, Any]]:
         with partial.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
         logger.info("%s: ppl %.3f, gap closed %.3f", v.name, ppl, row["gap closed"])
-    write_report(cfg, ctx, rows, time.perf_counter() - t0)
+    write_report(meta, rows, time.perf_counter() - t0, cfg.out)
     return rows
+
+
+def run_meta(
+    cfg: AblationConfig,
+    ppl_dense: float,
+    ppl_pruned: float,
+    n_positions: int,
+    n_probe: int,
+    identity,
+) -> dict:
+    """What the report states about the shared setting besides the rows."""
+    return {
+        "ppl_dense": ppl_dense,
+        "ppl_pruned": ppl_pruned,
+        "n_positions": n_positions,
+        "n_probe": n_probe,
+        "objective": cfg.objective,
+        "steps": cfg.steps,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "setup": cfg.setup.__dict__,
+        "identity": identity,
+    }
+
+
+def report_only(cfg: AblationConfig) -> Path:
+    """Rebuild the report from the rows an (interrupted) run wrote, without recomputing them."""
+    from lcc_lens.errors import DataError
+
+    rows_path = cfg.out / "ablations.jsonl"
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise DataError(f"{rows_path} holds no rows; run the ablations first.")
+    meta_path = cfg.out / "ablations_meta.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+    elif cfg.ppl_dense is not None and cfg.ppl_pruned is not None:
+        from lcc_lens.models import describe
+
+        identity = {
+            "dense": describe(cfg.setup.dense),
+            "note": "meta rebuilt from the run's command line and log",
+        }
+        meta = run_meta(
+            cfg, cfg.ppl_dense, cfg.ppl_pruned, cfg.setup.n_diff, cfg.setup.n_probe, identity
+        )
+    else:
+        raise DataError(
+            f"{meta_path} is missing: pass --ppl-dense and --ppl-pruned as logged by the run."
+        )
+    return write_report(meta, rows, sum(r["seconds"] for r in rows), cfg.out)
 
 
 def save_base(folder: Path, comp, ranking: HeadRanking, history: list[dict[str, Any]]) -> None:
@@ -207,18 +286,25 @@ def save_base(folder: Path, comp, ranking: HeadRanking, history: list[dict[str, 
 
 
 def write_report(
-    cfg: AblationConfig, ctx: Context, rows: list[dict[str, Any]], seconds: float
+    meta: dict[str, Any], rows: list[dict[str, Any]], seconds: float, out: Path
 ) -> Path:
     from lcc_lens import plots
 
-    figs = cfg.out / "figures"
-    bars = {"dense": ctx.ppl_dense, "pruned": ctx.ppl_pruned}
+    figs = out / "figures"
+    bars = {"dense": meta["ppl_dense"], "pruned": meta["ppl_pruned"]}
     bars.update({r["variant"]: r["held-out PPL"] for r in rows})
-    fig = plots.comparison_bar(bars, "held-out perplexity")
+    fig = plots.comparison_bar(bars, "held-out perplexity", zero_based=False)
     fig.update_layout(
-        width=1200, height=600, xaxis_tickangle=-30, title="Ablations: held-out perplexity"
+        width=1200, height=650, xaxis_tickangle=-30, title="Ablations: held-out perplexity"
     )
     written = plots.save_figure(fig, figs / "ablations_ppl", png=True)
+    gap = plots.comparison_bar(
+        {r["variant"]: r["gap closed"] for r in rows}, "gap closed (fraction)"
+    )
+    gap.update_layout(
+        width=1200, height=650, xaxis_tickangle=-30, title="Ablations: share of the PPL gap closed"
+    )
+    written_gap = plots.save_figure(gap, figs / "ablations_gap", png=True)
     cols = [
         "variant",
         "heads",
@@ -230,32 +316,41 @@ def write_report(
         "seconds",
     ]
     cmd = "python analysis/ablations.py " + " ".join(sys.argv[1:])
+    st = meta["setup"]
+    missing = [v.name for v in VARIANTS if v.name not in {r["variant"] for r in rows}]
     text = "\n".join(
         [
             "# LCC ablations on SmolLM2-135M-Instruct (Wanda 50 % unstructured)",
             "",
-            f"Command: `{cmd.strip()}` ({seconds / 60:.1f} min on this machine's CPU).",
+            f"Command: `{cmd.strip()}` ({seconds / 60:.1f} min of variant time on this machine's shared CPU).",
             "",
-            f"Dense held-out PPL {ctx.ppl_dense:.4g}; pruned {ctx.ppl_pruned:.4g} "
-            f"({ctx.setup.eval_windows} windows x {ctx.setup.eval_context} tokens of the held-out 'test' text). "
-            f"Each variant: fresh zero-initialised compensation, objective {cfg.objective}, {cfg.steps} steps of "
-            f"batch {cfg.batch_size} (max length {ctx.setup.max_length}), lr {cfg.lr}, seed {ctx.setup.seed}; "
-            f"lost components from {ctx.diff.n_positions} last-token activation differences; probe on "
-            f"{len(ctx.probe)} contrastive samples. 'gap closed' = (PPL_pruned - PPL) / (PPL_pruned - PPL_dense).",
+            f"Dense held-out PPL {meta['ppl_dense']:.4g}; pruned {meta['ppl_pruned']:.4g} "
+            f"({st['eval_windows']} windows x {st['eval_context']} tokens of the held-out 'test' text). "
+            f"Each variant: fresh zero-initialised compensation, objective {meta['objective']}, {meta['steps']} "
+            f"steps of batch {meta['batch_size']} (max length {st['max_length']}), lr {meta['lr']}, seed "
+            f"{st['seed']}; lost components from {meta['n_positions']} last-token activation differences; probe on "
+            f"{meta['n_probe']} contrastive samples. 'gap closed' = (PPL_pruned - PPL) / (PPL_pruned - PPL_dense).",
             "",
             markdown_table(rows, cols),
+            "",
+            (
+                "Not run (out of time on the shared CPU): " + "; ".join(missing) + "."
+                if missing
+                else ""
+            ),
             "",
             "Notes: 'largest MSE' selects the heads with the largest mean ||dz||^2; 'KL attribution' is "
             "lcc_lens.selection's KL-gap score. K only changes the lost component the probe is built on "
             "(the directions V are all d_head right singular vectors either way), hence the selected heads.",
             "",
-            f"![held-out perplexity per variant](figures/{written[-1].name})",
+            f"![held-out perplexity per variant](figures/{written[-1].name}) "
+            f"![gap closed per variant](figures/{written_gap[-1].name})",
             "",
-            "Identity: `" + json.dumps(ctx.identity(), default=str) + "`",
+            "Identity: `" + json.dumps(meta["identity"], default=str) + "`",
             "",
         ]
     )
-    path = cfg.out / "ablations.md"
+    path = out / "ablations.md"
     write_text(path, text)
     return path
 
@@ -264,7 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("kaleido", "choreographer", "logistro"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    rows = run(parse_args(argv))
+    cfg = parse_args(argv)
+    if cfg.report_only:
+        print(report_only(cfg).read_text())
+        return 0
+    rows = run(cfg)
     for r in rows:
         print(f"{r['variant']:<45} PPL {r['held-out PPL']:.3f}  gap closed {r['gap closed']:+.3f}")
     return 0

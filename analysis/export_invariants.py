@@ -41,7 +41,11 @@ def measure(pruned_dir: Path, work: Path, seed: int = 0) -> dict[str, float]:
     exported, _ = load_causal_lm(out)
     pruned, _ = load_causal_lm(pruned_dir)
     src, dst = pruned.state_dict(), exported.state_dict()
-    same = all(torch.equal(dst[k], w) for k, w in src.items() if not k.endswith(("o_proj.bias", "c_proj.bias")))
+    same = all(
+        torch.equal(dst[k], w)
+        for k, w in src.items()
+        if not k.endswith(("o_proj.bias", "c_proj.bias"))
+    )
     zeros = sum(int((w == 0).sum()) for w in src.values() if w.dim() == 2)
     with torch.no_grad():
         merged = exported(x).logits
@@ -55,7 +59,9 @@ def measure(pruned_dir: Path, work: Path, seed: int = 0) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--real", type=Path, help="a pruned checkpoint of the real model to measure as well")
+    p.add_argument(
+        "--real", type=Path, help="a pruned checkpoint of the real model to measure as well"
+    )
     args = p.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((layout, measure(d, root / f"{layout}-w")))
         if args.real:
             rows.append(("real:" + args.real.name, measure(args.real, root / "real-w")))
-    print("| model | max abs logit diff (hooked vs exported) | max logit change from compensation | weights unchanged | zero weights |")
+    print(
+        "| model | max abs logit diff (hooked vs exported) | max logit change from compensation | weights unchanged | zero weights |"
+    )
     print("|---|---|---|---|---|")
     for name, r in rows:
         print(

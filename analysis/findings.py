@@ -40,7 +40,7 @@ from lcc_lens.training import TrainConfig  # noqa: E402
 
 logger = logging.getLogger("analysis.findings")
 
-COMPONENT_INDICES = (1, 2, 3, 5, 10, 20, 40)
+COMPONENT_INDICES = (1, 2, 5, 20, 50)
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class FindingsConfig:
     setup: Setup
     fraction: float = 0.1
     steps: int = 16
+    batch_size: int = 8
     lr: float = 1e-2
     n_task: int = 48
     n_heldout: int = 32
@@ -61,8 +62,11 @@ def parse_args(argv: list[str] | None = None) -> FindingsConfig:
     p.add_argument("--dense", default="embedded")
     p.add_argument("--prune-method", default="wanda")
     p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--n-train", type=int, default=128)
+    p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--n-task", type=int, default=48)
+    p.add_argument("--n-heldout", type=int, default=32)
     p.add_argument("--eval-windows", type=int, default=24)
     p.add_argument("--component-windows", type=int, default=12)
     p.add_argument(
@@ -75,6 +79,7 @@ def parse_args(argv: list[str] | None = None) -> FindingsConfig:
         dense=a.dense,
         prune_method=a.prune_method,
         n_train=a.n_train,
+        max_length=a.max_length,
         n_diff=min(128, a.n_train),
         n_probe=min(128, a.n_train),
         eval_windows=a.eval_windows,
@@ -83,7 +88,9 @@ def parse_args(argv: list[str] | None = None) -> FindingsConfig:
     return FindingsConfig(
         setup,
         steps=a.steps,
+        batch_size=a.batch_size,
         n_task=a.n_task,
+        n_heldout=a.n_heldout,
         component_windows=a.component_windows,
         reuse=reuse,
         out=a.out,
@@ -109,7 +116,9 @@ def _fit(cfg: FindingsConfig, ctx: Context):
         diff=ctx.diff,
         probe_data=ctx.probe,
     )
-    tcfg = TrainConfig(objective="kl", lr=cfg.lr, steps=cfg.steps, seed=ctx.setup.seed)
+    tcfg = TrainConfig(
+        objective="kl", lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size, seed=ctx.setup.seed
+    )
     comp, history = train_compensation(ctx, rk.selected, 1, tcfg)
     ranking = {"method": rk.method, "scores": rk.scores, "order": rk.order, "selected": rk.selected}
     return comp, ranking, history, "trained here"

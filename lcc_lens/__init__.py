@@ -50,8 +50,14 @@ _LAZY = {
     "prune_model": "lcc_lens.pruning",
     "prune_checkpoint": "lcc_lens.pruning",
     "cached_pruned_checkpoint": "lcc_lens.pruning",
-    "perplexity": "lcc_lens.evaluation.perplexity",
-    "PerplexityResult": "lcc_lens.evaluation.perplexity",
+    "PruneReport": "lcc_lens.pruning",
+    "perplexity": "lcc_lens.evaluation",
+    "PerplexityResult": "lcc_lens.evaluation",
+    "evaluate_lm_eval": "lcc_lens.evaluation",
+    "build_offline_suite": "lcc_lens.evaluation",
+    "EvalConfig": "lcc_lens.evaluation",
+    "gap_closed": "lcc_lens.evaluation",
+    "markdown_table": "lcc_lens.evaluation",
 }
 
 

@@ -162,6 +162,7 @@ def _token_text(tokenizer, token_id: int) -> str:
     text = tokenizer.decode([token_id])
     if text == "" or text.isspace():
         return repr(text)
+    text = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
     return text.replace(" ", "\u2423", 1) if text.startswith(" ") else text
 
 

@@ -17,7 +17,8 @@ Tasks (names are what ``--tasks`` accepts):
   ``doc_bits_per_byte``, the mean of per-item bits per byte, whose stderr lm-eval reports.
 * ``lcc_next_passage`` (multiple_choice, HellaSwag-style): a block's first ~``context_chars`` characters
   (cut at a space) are the context; the true ending is the next ``ending_words`` words; the three
-  distractors are the true endings of three other items of the same source. All endings begin with a
+  distractors are the true endings of three other items of the same document (the same play or
+  Python topic; of the same source when the document has too few items). All endings begin with a
   space, so whitespace gives no cue. Metrics ``acc`` and ``acc_norm`` (length-normalised, as HellaSwag).
 * ``lcc_last_word`` (loglikelihood, LAMBADA-style): the target is the last sentence-final word (3+
   letters, followed by ``.``, ``!`` or ``?``) of a block that also occurs earlier in the block, so the
@@ -60,8 +61,8 @@ class SuiteSizes:
     """Items per task. The defaults separate dense SmolLM2-135M from Wanda-50 % by many stderrs."""
 
     heldout_ppl: int = 150
-    next_passage: int = 300
-    last_word: int = 300
+    next_passage: int = 200
+    last_word: int = 400
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -145,16 +146,20 @@ def next_passage_items(
         cands.append((block, block.text[:cut], ending))
     _need(cands, n, TASK_NEXT_PASSAGE)
     cands = cands[:n]
-    endings: dict[str, set[str]] = {}
+    by_doc: dict[tuple[str, str], set[str]] = {}
+    by_source: dict[str, set[str]] = {}
     for block, _, ending in cands:
-        endings.setdefault(block.source, set()).add(ending)
-    everything = set().union(*endings.values())
+        by_doc.setdefault((block.source, block.document), set()).add(ending)
+        by_source.setdefault(block.source, set()).add(ending)
+    everything = set().union(*by_source.values())
     items = []
     for block, context, ending in cands:
-        # distinct endings of other items of the same source (all sources if too few)
-        others = sorted(endings[block.source] - {ending})
-        if len(others) < n_choices - 1:
-            others = sorted(everything - {ending})
+        # distinct endings of other items of the same document: same characters, style and topic,
+        # so only coherence with the context tells them apart (then same source, then any)
+        for pool in (by_doc[(block.source, block.document)], by_source[block.source], everything):
+            others = sorted(pool - {ending})
+            if len(others) >= n_choices - 1:
+                break
         choices = [ending, *rng.sample(others, n_choices - 1)]
         order = rng.sample(range(n_choices), n_choices)
         shuffled = [choices[k] for k in order]

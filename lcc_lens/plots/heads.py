@@ -121,24 +121,25 @@ def spectra_figure(
     if heads is None:
         heads = [r[2] for r in ranked(components.norms, geometry, max_heads)]
     heads = list(heads)[:max_heads]
-    rank = int((s > 0).sum(-1).max())
+    # numerically-zero singular values (rank deficiency: N <= d_head, or the mean removed) are not drawn
+    rank = int((s > s[..., :1] * 1e-6).sum(-1).max())
     fig = make_subplots(
         rows=1,
         cols=2,
         column_widths=[0.55, 0.45],
         horizontal_spacing=0.12,
         subplot_titles=(
-            "singular values of dZ, sigma_i / sigma_1",
+            "singular values of dZ, sigma_i / sigma_1 (> 1e-6 shown)",
             f"energy share of the top {leading_k} direction(s)",
         ),
     )
     for layer, head in heads:
         sv = s[layer, head, :rank]
-        norm = (sv / sv[0].clamp_min(1e-30)).tolist()
+        norm = [v for v in (sv / sv[0].clamp_min(1e-30)).tolist() if v > 1e-6]
         name = geometry.head_name(layer, head)
         fig.add_trace(
             go.Scatter(
-                x=list(range(1, rank + 1)),
+                x=list(range(1, len(norm) + 1)),
                 y=norm,
                 mode="lines+markers",
                 marker={"size": 4},
@@ -164,7 +165,7 @@ def spectra_figure(
         font=FONT,
         width=1300,
         height=max(460, 22 * geometry.n_layers + 160),
-        legend={"title": {"text": "head"}, "x": 0.46, "y": 1.0},
+        legend={"title": {"text": "head"}, "x": 0.49, "y": 1.0},
     )
     return fig
 
@@ -224,10 +225,11 @@ def selection_figure(
         rows=1,
         cols=2,
         column_widths=[0.4, 0.6],
-        horizontal_spacing=0.14,
+        horizontal_spacing=0.2,
         subplot_titles=(f"{label} per head", f"top {top_n} heads"),
     )
-    fig.add_trace(heatmap_trace(t, geometry, label=label, colorbar_x=0.36), row=1, col=1)
+    short = "accuracy" if method == "probe" else "score"
+    fig.add_trace(heatmap_trace(t, geometry, label=short, colorbar_x=0.34), row=1, col=1)
     if selected:
         fig.add_trace(selected_trace(selected, geometry), row=1, col=1)
     head_axes(fig, geometry, row=1, col=1)

@@ -64,6 +64,7 @@ def save_figure(fig: go.Figure, path_stem: str | os.PathLike[str], png: bool = F
     html = stem.with_suffix(".html")
     with atomic_file(html) as tmp:
         fig.write_html(str(tmp), include_plotlyjs=True, full_html=True)
+        tmp.chmod(0o644)  # a figure is for reading: not the temp file's private mode
     written.append(html)
     if png:
         out = stem.with_suffix(".png")
@@ -84,5 +85,6 @@ def save_figure(fig: go.Figure, path_stem: str | os.PathLike[str], png: bool = F
             return written
         with atomic_file(out) as tmp:
             tmp.write_bytes(data)
+            tmp.chmod(0o644)
         written.append(out)
     return written

@@ -76,12 +76,11 @@ def logit_gain_figure(gain: LogitGain, selected=(), top_n: int = 20) -> go.Figur
     from plotly.subplots import make_subplots
 
     g = gain.geometry
-    label = "logit(correct) - logit(wrong) gain"
     fig = make_subplots(
         rows=1,
         cols=2,
         column_widths=[0.4, 0.6],
-        horizontal_spacing=0.14,
+        horizontal_spacing=0.2,
         subplot_titles=("direct gain per head", f"top {top_n} heads by |gain|"),
     )
     vmax = max(float(gain.gain.abs().max()), 1e-12)
@@ -89,12 +88,12 @@ def logit_gain_figure(gain: LogitGain, selected=(), top_n: int = 20) -> go.Figur
         heatmap_trace(
             gain.gain,
             g,
-            label=label + " (logits)",
+            label="gain (logits)",
             colorscale="RdBu_r",
             zmid=0.0,
             zmin=-vmax,
             zmax=vmax,
-            colorbar_x=0.36,
+            colorbar_x=0.34,
         ),
         row=1,
         col=1,
@@ -118,7 +117,7 @@ def logit_gain_figure(gain: LogitGain, selected=(), top_n: int = 20) -> go.Figur
         col=2,
     )
     fig.update_xaxes(title_text="head", row=1, col=2)
-    fig.update_yaxes(title_text=label + " (logits)", row=1, col=2)
+    fig.update_yaxes(title_text="direct gain in logit(correct) - logit(wrong)", row=1, col=2)
     fig.update_layout(
         title=(
             f"Per-head logit gain on {gain.n_examples} examples: logit diff pruned "

@@ -46,7 +46,7 @@ def restoration_heatmap(
             restoration.rel_residual,
             g,
             label="relative residual (1 = nothing restored)",
-            colorscale="RdBu",
+            colorscale="RdBu_r",
             zmid=1.0,
             colorbar_x=0.42,
             name="relative residual",
@@ -155,7 +155,9 @@ def training_curves(history: Sequence[Mapping[str, float]]) -> go.Figure:
         raise ConfigError("history has no 'loss' or 'val_loss' entries with a 'step'.")
     fig.update_xaxes(title_text="optimiser step")
     fig.update_yaxes(title_text="loss (nats per token)", secondary_y=False)
-    fig.update_yaxes(title_text="learning rate", secondary_y=True, showgrid=False)
+    fig.update_yaxes(
+        title_text="learning rate", secondary_y=True, showgrid=False, rangemode="tozero"
+    )
     fig.update_layout(title="Compensation training", font=FONT, width=850, height=450)
     return fig
 
@@ -164,9 +166,14 @@ _ORDER = ("dense", "pruned", "restored")
 _COLOURS = {"dense": "seagreen", "pruned": "firebrick", "restored": "royalblue"}
 
 
-def comparison_bar(metrics: Mapping[str, float], metric_name: str = "perplexity") -> go.Figure:
+def comparison_bar(
+    metrics: Mapping[str, float], metric_name: str = "perplexity", *, zero_based: bool = True
+) -> go.Figure:
     """Bars of one metric for dense / pruned / restored (keys ``dense``, ``pruned``, ``restored`` or
-    ``{metric}_dense`` etc.; further keys are drawn after them), values printed on the bars."""
+    ``{metric}_dense`` etc.; further keys are drawn after them), values printed on the bars.
+
+    zero_based=False zooms the value axis onto the bars' range, for differences small against the level.
+    """
     import plotly.graph_objects as go
 
     values: dict[str, float] = {}
@@ -193,12 +200,18 @@ def comparison_bar(metrics: Mapping[str, float], metric_name: str = "perplexity"
             name=metric_name,
         )
     )
-    top = max(values.values())
+    lo_v, hi_v = min(values.values()), max(values.values())
+    if zero_based:
+        lo, hi = min(0.0, lo_v), max(0.0, hi_v)
+    else:
+        lo, hi = lo_v, hi_v
+    pad = 0.15 * (hi - lo) if hi > lo else 0.15 * max(abs(hi), 1.0)
+    y_range = [lo - (pad if lo < 0 or not zero_based else 0.0), hi + pad]
     fig.update_layout(
         title=f"{metric_name}: dense vs pruned vs restored",
         xaxis_title="model",
         yaxis_title=metric_name,
-        yaxis_range=[0, top * 1.15 if top > 0 else 1],
+        yaxis_range=y_range,
         font=FONT,
         width=600,
         height=450,

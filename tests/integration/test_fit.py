@@ -206,3 +206,13 @@ def test_cli_bad_inputs_exit_nonzero_and_write_nothing(base_config, tmp_path, ca
     assert not out.exists() or not any(out.iterdir())
     with pytest.raises(IncompatibleModelsError):
         fit(replace(base_config, pruned=str(other)))
+
+
+def test_module_entry_point_runs_as_a_program():
+    import subprocess
+    import sys
+
+    ok = subprocess.run([sys.executable, "-m", "lcc_lens.fit", "--help"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "--objective" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "lcc_lens.fit", "--lr", "-1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "lr must be > 0" in bad.stderr

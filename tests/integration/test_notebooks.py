@@ -82,7 +82,8 @@ def test_notebooks_are_stripped():
     ],
 )
 def test_notebook_runs_on_tiny_model(name, figures, tmp_path, tmp_path_factory):
-    cache = tmp_path_factory.getbasetemp() / "notebook-cache"  # shared: the tiny tokenizer is built once
+    # shared between the two notebooks: the tiny tokenizer is built once
+    cache = tmp_path_factory.getbasetemp() / "notebook-cache"
     env = {"LCC_NOTEBOOK_TINY": "1", "LCC_LENS_CACHE": str(cache)}
     nb = execute_notebook(name, tmp_path, env, timeout=600)
     outs = _outputs(nb)

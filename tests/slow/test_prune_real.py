@@ -21,10 +21,13 @@ def test_wanda_2_4_on_the_real_model():
     cfg = PruneConfig(method="wanda", sparsity=None, pattern="2:4", n_samples=16, seq_len=128)
     report = prune_model(model, tok, cfg, show_progress=False)
     assert len(report.modules) == 30 * 7
-    assert all(m.sparsity == 0.5 for m in report.modules)
+    # The embedded weights are dequantised Q4_1 and hold ~0.03 % exact zeros before pruning, so a group
+    # can hold more than 2 zeros; Wanda prunes those zeros first (score 0), never fewer than 2 per group.
+    assert all(0.5 <= m.sparsity < 0.5 + 1e-3 for m in report.modules)
     for layer in model.model.layers:
         w = layer.mlp.down_proj.weight
-        assert ((w == 0).view(w.shape[0], -1, 4).sum(-1) == 2).all()
+        zeros = (w == 0).view(w.shape[0], -1, 4).sum(-1)
+        assert (zeros >= 2).all() and (zeros == 2).float().mean() > 0.999
     pruned = perplexity(model, tok, text, context_length=256, max_windows=4)
     assert math.isfinite(pruned.ppl)
     assert dense.ppl < pruned.ppl < 50 * dense.ppl

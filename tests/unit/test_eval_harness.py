@@ -98,7 +98,7 @@ def test_unknown_task_name_with_real_task_manager():
         check_task_names([], manager)
 
 
-def test_paper_task_offline_fails_fast_with_clear_error(monkeypatch, tok):
+def test_paper_task_offline_fails_fast_with_clear_error(monkeypatch, tok, tmp_path):
     import datasets.config
     import huggingface_hub.constants
 
@@ -106,6 +106,9 @@ def test_paper_task_offline_fails_fast_with_clear_error(monkeypatch, tok):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    # an empty cache, so that a copy cached on a developer machine cannot satisfy the request
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(DataError, match="boolq.*Hugging Face hub"):
         evaluate_lm_eval(tiny_model("llama"), tok, ["boolq"], limit=2, batch_size=2)
 

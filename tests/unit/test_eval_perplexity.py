@@ -102,3 +102,19 @@ def test_bad_input(tok):
 
 def test_prefix_token_is_bos_then_eos(tok):
     assert prefix_token_id(tok) == tok.bos_token_id
+
+
+def test_wikitext2_offline_is_a_clear_error(monkeypatch, tmp_path):
+    import datasets.config
+    import huggingface_hub.constants
+
+    from lcc_lens.evaluation.perplexity import wikitext2_test_text
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    # an empty cache, so that a copy cached on a developer machine cannot satisfy the request
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(DataError, match="WikiText-2.*perplexity='heldout'"):
+        wikitext2_test_text()

@@ -209,3 +209,33 @@ def test_save_figure_html_offline_and_png_optional(tmp_path, caplog):
     else:
         assert paths == [tmp_path / "cmp2.html"]
         assert "PNG" in caplog.text
+
+
+def test_comparison_bar_ranges():
+    zoomed = plots.comparison_bar(
+        {"dense": 10.0, "pruned": 12.0, "restored": 11.0}, zero_based=False
+    )
+    lo, hi = zoomed.layout.yaxis.range
+    assert 9.0 < lo < 10.0 and 12.0 < hi < 13.0
+    signed = plots.comparison_bar({"a": -0.2, "b": 0.5}, "gap closed (fraction)")
+    lo, hi = signed.layout.yaxis.range
+    assert lo < -0.2 and hi > 0.5
+    assert list(signed.data[0].x) == ["a", "b"] and signed.data[0].marker.color == ("grey", "grey")
+
+
+def test_spectra_skips_numerically_zero_singular_values(setup):
+    from lcc_lens.components import LostComponents
+
+    g = setup[0].geometry
+    s = torch.zeros(g.n_layers, g.n_heads, g.d_head)
+    s[..., :5] = torch.tensor([4.0, 2.0, 1.0, 0.5, 1e-12])
+    lc = LostComponents(
+        torch.ones(g.n_layers, g.n_heads, g.d_head),
+        torch.zeros(g.n_layers, g.n_heads, g.d_head, g.d_head),
+        s,
+        1,
+        5,
+    )
+    fig = plots.spectra_figure(lc, g, heads=[(0, 0)])
+    (line,) = [t for t in fig.data if isinstance(t, go.Scatter)]
+    assert list(line.y) == [1.0, 0.5, 0.25, 0.125]

@@ -177,3 +177,26 @@ def test_direct_logits_linear(pair):
         rtol=1e-4,
         atol=1e-4,
     )
+
+
+class _FakeTok:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def decode(self, ids):
+        return self.text
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        (" can", "\u2423can"),
+        ("\x1b", "\\x1b"),
+        ("a\nb", "a\\nb"),
+        ("", "''"),
+        ("  ", "'  '"),
+        ("ing", "ing"),
+    ],
+)
+def test_token_text_is_printable(raw, shown):
+    assert _token_text(_FakeTok(raw), 0) == shown
