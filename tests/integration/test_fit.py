@@ -212,7 +212,11 @@ def test_module_entry_point_runs_as_a_program():
     import subprocess
     import sys
 
-    ok = subprocess.run([sys.executable, "-m", "lcc_lens.fit", "--help"], capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "lcc_lens.fit", "--help"], capture_output=True, text=True
+    )
     assert ok.returncode == 0 and "--objective" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "lcc_lens.fit", "--lr", "-1"], capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "lcc_lens.fit", "--lr", "-1"], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "lr must be > 0" in bad.stderr
