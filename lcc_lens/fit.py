@@ -49,7 +49,7 @@ class FitConfig:
     n_train: int = 256
     val_fraction: float = 0.125
     max_length: int = 128
-    objective: Literal["lm", "kl", "mix"] = "kl"
+    objective: Literal["lm", "kl", "mix"] = "lm"
     kl_weight: float = 0.5
     lr: float = 1e-2
     warmup_fraction: float = 0.1

@@ -35,7 +35,7 @@ CHECKPOINT = "checkpoint.pt"
 class TrainConfig:
     """Optimisation settings. ``steps`` (optimizer steps) wins over ``epochs`` when set."""
 
-    objective: Objective = "kl"
+    objective: Objective = "lm"
     kl_weight: float = 0.5
     lr: float = 1e-2
     weight_decay: float = 0.0
