@@ -139,7 +139,9 @@ def summary_table(result: FitResult) -> str:
     lines += [f"{name:<15}  {val:>12.3f}" for name, val in rows if val is not None]
     gap = m.get("gap_closed", float("nan"))
     lines.append(
-        f"gap closed: {gap * 100:.1f} % of (pruned - dense)" if not math.isnan(gap) else ""
+        f"gap closed: {gap * 100:.1f} % of (pruned - dense)"
+        if not math.isnan(gap)
+        else "gap closed: n/a (the pruned model is not worse than the dense one on this text)"
     )
     lines.append(
         f"heads compensated: {m.get('n_selected_heads')} ({result.ranking.method}); trainable parameters: "
