@@ -35,6 +35,22 @@ def magnitude_prune_dir(src: Path, dst: Path, sparsity: float = 0.5) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tok():
+    """The tiny 512-token BPE tokenizer shared by the tiny models."""
+    from lcc_lens.tiny import tiny_tokenizer
+
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def texts() -> list[str]:
+    """24 calibration passages of real text."""
+    from lcc_lens.corpora import passages
+
+    return passages("calibration", 24)
+
+
+@pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     """layout -> (dense checkpoint dir, 50 %-magnitude-pruned checkpoint dir); 3 layers x 4 heads."""
     root = tmp_path_factory.mktemp("tiny")

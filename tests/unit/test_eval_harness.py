@@ -16,7 +16,7 @@ from lcc_lens.evaluation.harness import (
 from lcc_lens.evaluation.perplexity import perplexity
 from lcc_lens.evaluation.suite import SUITE_TASKS, build_offline_suite
 from lcc_lens.models import to_bridge
-from lcc_lens.tiny import save_tiny_checkpoint, tiny_model, tiny_tokenizer
+from lcc_lens.tiny import save_tiny_checkpoint, tiny_model
 
 LIMIT = 6
 
@@ -26,11 +26,6 @@ def suite_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("suite") / "s"
     build_offline_suite(directory, seed=0, n_items=12)
     return directory
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")

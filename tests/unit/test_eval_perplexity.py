@@ -10,12 +10,7 @@ from lcc_lens.corpora import split_text
 from lcc_lens.errors import ConfigError, DataError
 from lcc_lens.evaluation.perplexity import perplexity, prefix_token_id, rolling_windows
 from lcc_lens.models import to_bridge
-from lcc_lens.tiny import tiny_model, tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
+from lcc_lens.tiny import tiny_model
 
 
 @pytest.fixture(scope="module")

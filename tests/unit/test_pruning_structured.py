@@ -7,23 +7,12 @@ import copy
 import pytest
 import torch
 
-from lcc_lens.corpora import passages
 from lcc_lens.errors import ConfigError
 from lcc_lens.models import to_bridge
 from lcc_lens.pruning import PruneConfig, calibration_tokens, prune_model
-from lcc_lens.tiny import tiny_model, tiny_tokenizer
+from lcc_lens.tiny import tiny_model
 
 N_SAMPLES, SEQ_LEN, BATCH = 8, 64, 4
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def texts():
-    return passages("calibration", 24)
 
 
 def _cfg(**kw) -> PruneConfig:
