@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ class AblationConfig:
     steps: int = 16
     lr: float = 1e-2
     batch_size: int = 8
-    objective: str = "kl"
+    objective: str = "lm"
     only: tuple[str, ...] = ()
     out: Path = RESULTS
     report_only: bool = False
@@ -89,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> AblationConfig:
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--objective", default="kl", choices=["lm", "kl", "mix"])
+    p.add_argument("--objective", default="lm", choices=["lm", "kl", "mix"])
     p.add_argument("--n-train", type=int, default=128)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--eval-windows", type=int, default=24)
@@ -194,7 +195,7 @@ def run(cfg: AblationConfig) -> list[dict[str, Any]]:
             final_loss = float("nan")
         ppl = ctx.ppl(comp)
         if v is VARIANTS[0]:
-            save_base(cfg.out / "base_fit", comp, ranking, history)
+            save_base(cfg.out / "base_fit", comp, ranking, history, describe_fit(cfg))
         row = {
             "variant": v.name,
             "selection": v.selection,
@@ -236,6 +237,7 @@ def run_meta(
         "lr": cfg.lr,
         "setup": cfg.setup.__dict__,
         "identity": identity,
+        "command": "python analysis/ablations.py " + " ".join(sys.argv[1:]),
     }
 
 
@@ -267,7 +269,26 @@ def report_only(cfg: AblationConfig) -> Path:
     return write_report(meta, rows, sum(r["seconds"] for r in rows), cfg.out)
 
 
-def save_base(folder: Path, comp, ranking: HeadRanking, history: list[dict[str, Any]]) -> None:
+def describe_fit(cfg: AblationConfig) -> dict[str, Any]:
+    """How the base variant was trained, for the reports that reuse its fit."""
+    return {
+        "objective": cfg.objective,
+        "steps": cfg.steps,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "selection": VARIANTS[0].selection,
+        "fraction": VARIANTS[0].fraction,
+        "setup": asdict(cfg.setup),
+    }
+
+
+def save_base(
+    folder: Path,
+    comp,
+    ranking: HeadRanking,
+    history: list[dict[str, Any]],
+    fit: dict[str, Any],
+) -> None:
     """Keep the base variant's fit so that analysis/findings.py can reuse it instead of retraining."""
     import torch
 
@@ -283,6 +304,7 @@ def save_base(folder: Path, comp, ranking: HeadRanking, history: list[dict[str, 
         folder / "ranking.pt",
     )
     write_text(folder / "history.json", json.dumps(history))
+    write_text(folder / "fit.json", json.dumps(fit, default=str))
 
 
 def write_report(
@@ -295,16 +317,29 @@ def write_report(
     bars.update({r["variant"]: r["held-out PPL"] for r in rows})
     fig = plots.comparison_bar(bars, "held-out perplexity", zero_based=False)
     fig.update_layout(
-        width=1200, height=650, xaxis_tickangle=-30, title="Ablations: held-out perplexity"
+        width=1200,
+        height=650,
+        xaxis_tickangle=-30,
+        xaxis_title="variant",
+        title="Ablations: held-out perplexity",
     )
     written = plots.save_figure(fig, figs / "ablations_ppl", png=True)
     gap = plots.comparison_bar(
         {r["variant"]: r["gap closed"] for r in rows}, "gap closed (fraction)"
     )
     gap.update_layout(
-        width=1200, height=650, xaxis_tickangle=-30, title="Ablations: share of the PPL gap closed"
+        width=1200,
+        height=650,
+        xaxis_tickangle=-30,
+        xaxis_title="variant",
+        title="Ablations: share of the PPL gap closed",
     )
     written_gap = plots.save_figure(gap, figs / "ablations_gap", png=True)
+    log_d, log_p = math.log(meta["ppl_dense"]), math.log(meta["ppl_pruned"])
+    rows = [
+        {**r, "gap closed (NLL)": (log_p - math.log(r["held-out PPL"])) / (log_p - log_d)}
+        for r in rows
+    ]
     cols = [
         "variant",
         "heads",
@@ -313,9 +348,10 @@ def write_report(
         "final train loss",
         "held-out PPL",
         "gap closed",
+        "gap closed (NLL)",
         "seconds",
     ]
-    cmd = "python analysis/ablations.py " + " ".join(sys.argv[1:])
+    cmd = meta.get("command") or "python analysis/ablations.py " + " ".join(sys.argv[1:])
     st = meta["setup"]
     missing = [v.name for v in VARIANTS if v.name not in {r["variant"] for r in rows}]
     text = "\n".join(
@@ -329,12 +365,13 @@ def write_report(
             f"Each variant: fresh zero-initialised compensation, objective {meta['objective']}, {meta['steps']} "
             f"steps of batch {meta['batch_size']} (max length {st['max_length']}), lr {meta['lr']}, seed "
             f"{st['seed']}; lost components from {meta['n_positions']} last-token activation differences; probe on "
-            f"{meta['n_probe']} contrastive samples. 'gap closed' = (PPL_pruned - PPL) / (PPL_pruned - PPL_dense).",
+            f"{meta['n_probe']} contrastive samples. 'gap closed' = (PPL_pruned - PPL) / (PPL_pruned - PPL_dense); "
+            "'gap closed (NLL)' is the same in log-perplexity, as `python -m lcc_lens.eval` reports it.",
             "",
             markdown_table(rows, cols),
             "",
             (
-                "Not run (out of time on the shared CPU): " + "; ".join(missing) + "."
+                "Not in this run (see --only, or an interrupted run): " + "; ".join(missing) + "."
                 if missing
                 else ""
             ),

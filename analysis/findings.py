@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -50,6 +51,7 @@ class FindingsConfig:
     steps: int = 16
     batch_size: int = 8
     lr: float = 1e-2
+    objective: str = "lm"
     n_task: int = 48
     n_heldout: int = 32
     component_windows: int = 12
@@ -63,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> FindingsConfig:
     p.add_argument("--prune-method", default="wanda")
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--objective", default="lm", choices=["lm", "kl", "mix"])
     p.add_argument("--n-train", type=int, default=128)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--n-task", type=int, default=48)
@@ -89,6 +92,7 @@ def parse_args(argv: list[str] | None = None) -> FindingsConfig:
         setup,
         steps=a.steps,
         batch_size=a.batch_size,
+        objective=a.objective,
         n_task=a.n_task,
         n_heldout=a.n_heldout,
         component_windows=a.component_windows,
@@ -97,14 +101,36 @@ def parse_args(argv: list[str] | None = None) -> FindingsConfig:
     )
 
 
+def _describe(fit: dict[str, Any]) -> str:
+    setup = fit.get("setup", {})
+    return (
+        f"objective {fit['objective']}, {fit['steps']} steps of batch {fit['batch_size']}, lr {fit['lr']}, "
+        f"{setup.get('n_train', '?')} training examples of at most {setup.get('max_length', '?')} tokens"
+    )
+
+
 def _fit(cfg: FindingsConfig, ctx: Context):
-    """(compensation, ranking dict, history): the ablations' base fit when present, else a fresh one."""
-    if cfg.reuse is not None and (cfg.reuse / "compensation.safetensors").is_file():
-        comp = Compensation.load(cfg.reuse / "compensation.safetensors")
-        ranking = torch.load(cfg.reuse / "ranking.pt")
-        history = json.loads((cfg.reuse / "history.json").read_text())
-        logger.info("reusing the base fit in %s", cfg.reuse)
-        return comp, ranking, history, str(cfg.reuse)
+    """(compensation, ranking, history, description): the ablations' base fit when present, else a
+    fresh one trained with this script's settings."""
+    reuse = cfg.reuse
+    if reuse is not None and (reuse / "compensation.safetensors").is_file():
+        if not (reuse / "fit.json").is_file():
+            logger.warning("%s has no fit.json (how it was trained); training afresh", reuse)
+        else:
+            comp = Compensation.load(reuse / "compensation.safetensors")
+            ranking = torch.load(reuse / "ranking.pt")
+            history = json.loads((reuse / "history.json").read_text())
+            fit = json.loads((reuse / "fit.json").read_text())
+            logger.info("reusing the base fit in %s", reuse)
+            where = reuse.resolve()
+            with contextlib.suppress(ValueError):
+                where = where.relative_to(Path(__file__).resolve().parents[1])
+            return (
+                comp,
+                ranking,
+                history,
+                f"the ablations' base fit in `{where}` ({_describe(fit)})",
+            )
     if not ctx.probe:
         from lcc_lens.probing import probe_samples
 
@@ -117,11 +143,22 @@ def _fit(cfg: FindingsConfig, ctx: Context):
         probe_data=ctx.probe,
     )
     tcfg = TrainConfig(
-        objective="kl", lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size, seed=ctx.setup.seed
+        objective=cfg.objective,  # type: ignore[arg-type]
+        lr=cfg.lr,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        seed=ctx.setup.seed,
     )
     comp, history = train_compensation(ctx, rk.selected, 1, tcfg)
     ranking = {"method": rk.method, "scores": rk.scores, "order": rk.order, "selected": rk.selected}
-    return comp, ranking, history, "trained here"
+    fit = {
+        "objective": cfg.objective,
+        "steps": cfg.steps,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "setup": {"n_train": ctx.setup.n_train, "max_length": ctx.setup.max_length},
+    }
+    return comp, ranking, history, f"trained here ({_describe(fit)})"
 
 
 @torch.no_grad()
@@ -300,7 +337,7 @@ def _report(
         "# LCC findings on SmolLM2-135M-Instruct (Wanda 50 % unstructured)",
         "",
         f"Command: `{cmd.strip()}` ({seconds / 60:.1f} min). Fit: {fit_source} "
-        f"({len(heads)} of {g.n_total_heads} heads by probe, objective KL).",
+        f"({len(heads)} of {g.n_total_heads} heads by probe).",
         "",
         "## What pruning lost (plot 1)",
         f"Activation differences at the last prompt token of {ctx.diff.n_positions} prompts. "

@@ -201,7 +201,12 @@ def heldout_perplexities(
             restored = perplexity(pair.pruned, pair.tokenizer, text, **kw)
         out["ppl_restored"] = restored.ppl
         gap = pruned.ppl - dense.ppl
+        # perplexity gap (what the summary leads with) and log-perplexity (NLL) gap, which is what
+        # ``python -m lcc_lens.eval`` reports for perplexities
         out["gap_closed"] = (pruned.ppl - restored.ppl) / gap if gap > 0 else float("nan")
+        out["gap_closed_nll"] = (
+            (pruned.nll - restored.nll) / (pruned.nll - dense.nll) if gap > 0 else float("nan")
+        )
     return out
 
 

@@ -138,8 +138,10 @@ def summary_table(result: FitResult) -> str:
     lines = ["", "model            held-out PPL", "---------------  ------------"]
     lines += [f"{name:<15}  {val:>12.3f}" for name, val in rows if val is not None]
     gap = m.get("gap_closed", float("nan"))
+    gap_nll = m.get("gap_closed_nll", float("nan"))
     lines.append(
-        f"gap closed: {gap * 100:.1f} % of (pruned - dense)"
+        f"gap closed: {gap * 100:.1f} % of (pruned - dense) perplexity; "
+        f"{gap_nll * 100:.1f} % in log-perplexity (NLL, as lcc_lens.eval reports)"
         if not math.isnan(gap)
         else "gap closed: n/a (the pruned model is not worse than the dense one on this text)"
     )

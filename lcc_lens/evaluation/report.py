@@ -194,6 +194,12 @@ def markdown_table(results: Sequence[ModelResult]) -> str:
             cells.append("-" if row.separation_z is None else f"{row.separation_z:.1f}")
         cells += ["-" if row.gap.get(lb) is None else f"{row.gap[lb]:.1%}" for lb in restored]
         lines.append("| " + " | ".join(cells) + " |")
+    if restored:
+        lines += [
+            "",
+            "Gap closed = (restored - pruned) / (dense - pruned), oriented so that higher is better; "
+            "perplexities are compared in log-perplexity (mean NLL).",
+        ]
     return "\n".join(lines) + "\n"
 
 

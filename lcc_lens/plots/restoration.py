@@ -156,7 +156,13 @@ def training_curves(history: Sequence[Mapping[str, float]]) -> go.Figure:
     fig.update_xaxes(title_text="optimiser step")
     fig.update_yaxes(title_text="loss (nats per token)", secondary_y=False)
     fig.update_yaxes(
-        title_text="learning rate", secondary_y=True, showgrid=False, rangemode="tozero"
+        title_text="learning rate",
+        secondary_y=True,
+        showgrid=False,
+        rangemode="tozero",
+        tickmode="auto",  # not synced to the loss axis's grid, whose ticks give odd rates
+        nticks=6,
+        tickformat="~g",
     )
     fig.update_layout(title="Compensation training", font=FONT, width=850, height=450)
     return fig

@@ -1,12 +1,13 @@
 """The CI-budgeted end-to-end run on the real embedded SmolLM2-135M-Instruct (a few minutes on 2 cores).
 
-Wanda 50 % prune (cached), lost components, probing, a short KL fit through the CLI, export check, and the
-held-out perplexity ordering dense < restored < pruned.
+Wanda 50 % prune (cached), lost components, probing, a short fit (default objective) through the CLI,
+export check, and the held-out perplexity ordering dense < restored < pruned.
 """
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -27,6 +28,8 @@ def test_fit_cli_end_to_end_on_the_real_model(tmp_path, capsys):
     summary = json.loads((out / "metrics.json").read_text())["summary"]
     assert summary["ppl_dense"] < summary["ppl_restored"] < summary["ppl_pruned"]
     assert summary["gap_closed"] > 0
+    logs = [math.log(summary[k]) for k in ("ppl_dense", "ppl_pruned", "ppl_restored")]
+    assert summary["gap_closed_nll"] == pytest.approx((logs[1] - logs[2]) / (logs[1] - logs[0]))
     assert summary["export_max_abs_logit_diff"] < 1e-3
     heads = json.loads((out / "heads.json").read_text())
     assert heads["n_selected"] == round(0.25 * 270)

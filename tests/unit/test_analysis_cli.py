@@ -26,6 +26,8 @@ def test_ablations_parse_defaults_and_overrides(tmp_path):
     mod = _load("ablations")
     cfg = mod.parse_args([])
     assert cfg.setup.dense == "embedded" and cfg.steps == 16 and cfg.only == ()
+    assert cfg.objective == "lm"  # the paper's objective and the library's default
+    assert mod.describe_fit(cfg)["objective"] == "lm"
     cfg = mod.parse_args(
         [
             "--steps",
@@ -55,6 +57,8 @@ def test_findings_parse(tmp_path):
     mod = _load("findings")
     cfg = mod.parse_args(["--out", str(tmp_path), "--no-reuse", "--batch-size", "4"])
     assert cfg.reuse is None and cfg.batch_size == 4 and cfg.out == tmp_path
+    assert cfg.objective == "lm"
+    assert mod.parse_args(["--objective", "kl"]).objective == "kl"
     assert mod.parse_args(["--out", str(tmp_path)]).reuse == tmp_path / "base_fit"
 
 
@@ -88,5 +92,7 @@ def test_ablations_report_only_from_rows(tmp_path):
     cfg = mod.parse_args([*argv, "--ppl-dense", "17.0", "--ppl-pruned", "31.0"])
     text = mod.report_only(cfg).read_text()
     assert "| 27 |" in text and "0.25" in text and "Dense held-out PPL 17" in text
-    assert "Not run" in text and "selection: random" in text
+    assert "Not in this run" in text and "selection: random" in text
+    # the log-perplexity gap is recomputed from the perplexities: ln(31/27) / ln(31/17)
+    assert "gap closed (NLL)" in text and "| 0.23 |" in text
     assert (tmp_path / "figures" / "ablations_gap.html").is_file()
