@@ -18,13 +18,21 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.common import RESULTS, Context, Setup, markdown_table, prepare, train_compensation  # noqa: E402
+from analysis.common import (  # noqa: E402
+    RESULTS,
+    Context,
+    Setup,
+    fit_record,
+    markdown_table,
+    prepare,
+    train_compensation,
+)
 from lcc_lens.atomic import write_text  # noqa: E402
 from lcc_lens.selection import HeadRanking, SelectConfig, select_heads  # noqa: E402
 from lcc_lens.training import TrainConfig  # noqa: E402
@@ -195,7 +203,9 @@ def run(cfg: AblationConfig) -> list[dict[str, Any]]:
             final_loss = float("nan")
         ppl = ctx.ppl(comp)
         if v is VARIANTS[0]:
-            save_base(cfg.out / "base_fit", comp, ranking, history, describe_fit(cfg))
+            base = VARIANTS[0]
+            fit = fit_record(tcfg, cfg.setup, selection=base.selection, fraction=base.fraction)
+            save_base(cfg.out / "base_fit", comp, ranking, history, fit)
         row = {
             "variant": v.name,
             "selection": v.selection,
@@ -267,19 +277,6 @@ def report_only(cfg: AblationConfig) -> Path:
             f"{meta_path} is missing: pass --ppl-dense and --ppl-pruned as logged by the run."
         )
     return write_report(meta, rows, sum(r["seconds"] for r in rows), cfg.out)
-
-
-def describe_fit(cfg: AblationConfig) -> dict[str, Any]:
-    """How the base variant was trained, for the reports that reuse its fit."""
-    return {
-        "objective": cfg.objective,
-        "steps": cfg.steps,
-        "batch_size": cfg.batch_size,
-        "lr": cfg.lr,
-        "selection": VARIANTS[0].selection,
-        "fraction": VARIANTS[0].fraction,
-        "setup": asdict(cfg.setup),
-    }
 
 
 def save_base(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +154,27 @@ def train_compensation(
     )
     history = train(ctx.pair, comp, ctx.train_enc, ctx.val_enc, tcfg)
     return comp, history
+
+
+def fit_record(tcfg: TrainConfig, setup: Setup, **extra: Any) -> dict[str, Any]:
+    """How a compensation was trained, stored beside a fit and quoted by the reports that reuse it."""
+    return {
+        "objective": tcfg.objective,
+        "steps": tcfg.steps,
+        "batch_size": tcfg.batch_size,
+        "lr": tcfg.lr,
+        **extra,
+        "setup": asdict(setup),
+    }
+
+
+def describe_fit(fit: dict[str, Any]) -> str:
+    """One line for a report: objective, steps, batch, lr and training data size."""
+    setup = fit.get("setup", {})
+    return (
+        f"objective {fit['objective']}, {fit['steps']} steps of batch {fit['batch_size']}, lr {fit['lr']}, "
+        f"{setup.get('n_train', '?')} training examples of at most {setup.get('max_length', '?')} tokens"
+    )
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:

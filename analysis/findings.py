@@ -27,7 +27,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.common import RESULTS, Context, Setup, markdown_table, prepare, train_compensation  # noqa: E402
+from analysis.common import (  # noqa: E402
+    RESULTS,
+    Context,
+    Setup,
+    describe_fit,
+    fit_record,
+    markdown_table,
+    prepare,
+    train_compensation,
+)
 from lcc_lens import plots  # noqa: E402
 from lcc_lens.atomic import write_text  # noqa: E402
 from lcc_lens.compensation import Compensation  # noqa: E402
@@ -101,14 +110,6 @@ def parse_args(argv: list[str] | None = None) -> FindingsConfig:
     )
 
 
-def _describe(fit: dict[str, Any]) -> str:
-    setup = fit.get("setup", {})
-    return (
-        f"objective {fit['objective']}, {fit['steps']} steps of batch {fit['batch_size']}, lr {fit['lr']}, "
-        f"{setup.get('n_train', '?')} training examples of at most {setup.get('max_length', '?')} tokens"
-    )
-
-
 def _fit(cfg: FindingsConfig, ctx: Context):
     """(compensation, ranking, history, description): the ablations' base fit when present, else a
     fresh one trained with this script's settings."""
@@ -129,7 +130,7 @@ def _fit(cfg: FindingsConfig, ctx: Context):
                 comp,
                 ranking,
                 history,
-                f"the ablations' base fit in `{where}` ({_describe(fit)})",
+                f"the ablations' base fit in `{where}` ({describe_fit(fit)})",
             )
     if not ctx.probe:
         from lcc_lens.probing import probe_samples
@@ -151,14 +152,8 @@ def _fit(cfg: FindingsConfig, ctx: Context):
     )
     comp, history = train_compensation(ctx, rk.selected, 1, tcfg)
     ranking = {"method": rk.method, "scores": rk.scores, "order": rk.order, "selected": rk.selected}
-    fit = {
-        "objective": cfg.objective,
-        "steps": cfg.steps,
-        "batch_size": cfg.batch_size,
-        "lr": cfg.lr,
-        "setup": {"n_train": ctx.setup.n_train, "max_length": ctx.setup.max_length},
-    }
-    return comp, ranking, history, f"trained here ({_describe(fit)})"
+    fit = fit_record(tcfg, ctx.setup, selection="probe", fraction=cfg.fraction)
+    return comp, ranking, history, f"trained here ({describe_fit(fit)})"
 
 
 @torch.no_grad()

@@ -189,6 +189,7 @@ def heldout_perplexities(
 ) -> dict[str, Any]:
     """Perplexity of dense, pruned and (with ``compensation``) restored on the held-out test split."""
     from lcc_lens.evaluation.perplexity import perplexity
+    from lcc_lens.evaluation.report import gap_closed
 
     text = split_text("test")
     kw = {"context_length": config.eval_context, "max_windows": config.eval_windows}
@@ -200,13 +201,16 @@ def heldout_perplexities(
         with compensation.attach(pair.pruned):
             restored = perplexity(pair.pruned, pair.tokenizer, text, **kw)
         out["ppl_restored"] = restored.ppl
-        gap = pruned.ppl - dense.ppl
-        # perplexity gap (what the summary leads with) and log-perplexity (NLL) gap, which is what
-        # ``python -m lcc_lens.eval`` reports for perplexities
-        out["gap_closed"] = (pruned.ppl - restored.ppl) / gap if gap > 0 else float("nan")
-        out["gap_closed_nll"] = (
-            (pruned.nll - restored.nll) / (pruned.nll - dense.nll) if gap > 0 else float("nan")
-        )
+        # the perplexity gap (what the summary leads with) and the log-perplexity (NLL) gap, which is
+        # what ``python -m lcc_lens.eval`` reports; undefined unless pruning made perplexity worse
+        for key, log_scale in (("gap_closed", False), ("gap_closed_nll", True)):
+            out[key] = (
+                gap_closed(
+                    dense.ppl, pruned.ppl, restored.ppl, higher_is_better=False, log_scale=log_scale
+                )
+                if pruned.ppl > dense.ppl
+                else float("nan")
+            )
     return out
 
 

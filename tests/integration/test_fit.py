@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -44,6 +45,10 @@ def test_zero_heads_leave_the_model_unchanged(base_config, tmp_path):
     assert res.compensation.n_selected == 0
     assert res.history == []
     assert res.metrics["ppl_restored"] == res.metrics["ppl_pruned"]
+    if res.metrics["ppl_pruned"] > res.metrics["ppl_dense"]:  # otherwise the gap is undefined (nan)
+        assert res.metrics["gap_closed"] == 0.0 and res.metrics["gap_closed_nll"] == 0.0
+    else:
+        assert math.isnan(res.metrics["gap_closed"]) and math.isnan(res.metrics["gap_closed_nll"])
     assert torch.equal(
         load_file(str(tmp_path / "run" / "compensation.safetensors"))["z_offsets"],
         torch.zeros(3, 4, 16),

@@ -27,7 +27,13 @@ def test_ablations_parse_defaults_and_overrides(tmp_path):
     cfg = mod.parse_args([])
     assert cfg.setup.dense == "embedded" and cfg.steps == 16 and cfg.only == ()
     assert cfg.objective == "lm"  # the paper's objective and the library's default
-    assert mod.describe_fit(cfg)["objective"] == "lm"
+    common = _load("common")
+    fit = common.fit_record(
+        mod.TrainConfig(objective=cfg.objective, steps=3), cfg.setup, fraction=0.1
+    )
+    assert (fit["objective"], fit["steps"], fit["fraction"]) == ("lm", 3, 0.1)
+    assert fit["setup"]["n_train"] == cfg.setup.n_train
+    assert common.describe_fit(fit).startswith("objective lm, 3 steps of batch")
     cfg = mod.parse_args(
         [
             "--steps",
