@@ -312,25 +312,14 @@ def write_report(
     figs = out / "figures"
     bars = {"dense": meta["ppl_dense"], "pruned": meta["ppl_pruned"]}
     bars.update({r["variant"]: r["held-out PPL"] for r in rows})
+    layout = {"width": 1200, "height": 650, "xaxis_tickangle": -30, "xaxis_title": "variant"}
     fig = plots.comparison_bar(bars, "held-out perplexity", zero_based=False)
-    fig.update_layout(
-        width=1200,
-        height=650,
-        xaxis_tickangle=-30,
-        xaxis_title="variant",
-        title="Ablations: held-out perplexity",
-    )
+    fig.update_layout(title="Ablations: held-out perplexity", **layout)
     written = plots.save_figure(fig, figs / "ablations_ppl", png=True)
     gap = plots.comparison_bar(
         {r["variant"]: r["gap closed"] for r in rows}, "gap closed (fraction)"
     )
-    gap.update_layout(
-        width=1200,
-        height=650,
-        xaxis_tickangle=-30,
-        xaxis_title="variant",
-        title="Ablations: share of the PPL gap closed",
-    )
+    gap.update_layout(title="Ablations: share of the PPL gap closed", **layout)
     written_gap = plots.save_figure(gap, figs / "ablations_gap", png=True)
     log_d, log_p = math.log(meta["ppl_dense"]), math.log(meta["ppl_pruned"])
     rows = [
