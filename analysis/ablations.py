@@ -6,36 +6,36 @@ without V^T beta, without b, K (which changes the probe's lost component and so 
 the fraction of heads. Each variant trains a fresh zero-initialised compensation with the same seed,
 steps and data, then measures held-out perplexity and the share of the dense-to-pruned gap it closes.
 
-    python analysis/ablations.py                  # the full table (about 30-40 min on 2 CPU cores)
-    python analysis/ablations.py --steps 4 --only base,random   # a quick partial run
+    python -m analysis.ablations                  # the full table (about 30-40 min on 2 CPU cores)
+    python -m analysis.ablations --steps 4 --only base,random   # a quick partial run
+
+Held-out figures are those of the fit's evaluation protocol on its out-of-domain test domain.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from analysis.common import (  # noqa: E402
+from analysis.common import (
     RESULTS,
-    Context,
-    Setup,
+    Shared,
+    analysis_config,
     fit_record,
     markdown_table,
-    prepare,
-    train_compensation,
+    run_shared_stages,
 )
-from lcc_lens.atomic import write_text  # noqa: E402
-from lcc_lens.selection import HeadRanking, SelectConfig, select_heads  # noqa: E402
-from lcc_lens.training import TrainConfig  # noqa: E402
+from lcc_lens.atomic import write_text
+from lcc_lens.fit import FitConfig, stages
+from lcc_lens.selection import HeadRanking
 
 logger = logging.getLogger("analysis.ablations")
 
@@ -81,11 +81,7 @@ SHORT = {
 
 @dataclass(frozen=True)
 class AblationConfig:
-    setup: Setup
-    steps: int = 16
-    lr: float = 1e-2
-    batch_size: int = 8
-    objective: str = "lm"
+    fit: FitConfig
     only: tuple[str, ...] = ()
     out: Path = RESULTS
     report_only: bool = False
@@ -121,57 +117,44 @@ def parse_args(argv: list[str] | None = None) -> AblationConfig:
     bad = [s for s in only if s not in SHORT]
     if bad:
         p.error(f"unknown variants {bad}; choose from {sorted(SHORT)}")
-    setup = replace(
-        Setup(),
+    fit = analysis_config(
         dense=a.dense,
         prune_method=a.prune_method,
         n_train=a.n_train,
         max_length=a.max_length,
-        n_diff=min(128, a.n_train),
-        n_probe=min(128, a.n_train),
         eval_windows=a.eval_windows,
+        steps=a.steps,
+        lr=a.lr,
+        batch_size=a.batch_size,
+        objective=a.objective,
     )
-    return AblationConfig(
-        setup,
-        a.steps,
-        a.lr,
-        a.batch_size,
-        a.objective,
-        only,
-        a.out,
-        a.report_only,
-        a.ppl_dense,
-        a.ppl_pruned,
+    return AblationConfig(fit, only, a.out, a.report_only, a.ppl_dense, a.ppl_pruned)
+
+
+def variant_config(base: FitConfig, v: Variant) -> FitConfig:
+    """The shared setting with this variant's selection, fraction and compensation shape."""
+    return dataclasses.replace(
+        base,
+        select=dataclasses.replace(base.select, method=v.selection, fraction=v.fraction),
+        compensation=dataclasses.replace(
+            base.compensation, k=v.k, use_directions=v.use_directions, use_bias=v.use_bias
+        ),
     )
 
 
-def _ranking(ctx: Context, cache: dict, selection: str, k: int, fraction: float) -> HeadRanking:
-    """Rank once per (selection, K); the fraction only cuts the shared order."""
-    key = (selection, k)
+def _ranking(shared: Shared, cache: dict, vcfg: FitConfig) -> HeadRanking:
+    """Rank once per (selection, K) with the select stage; the fraction only cuts the shared order."""
+    key = (vcfg.select.method, vcfg.compensation.k)
     if key not in cache:
-        cache[key] = select_heads(
-            ctx.pair,
-            SelectConfig(method=selection, fraction=fraction, seed=ctx.setup.seed),  # type: ignore[arg-type]
-            components=ctx.lost(k),
-            diff=ctx.diff,
-            probe_data=ctx.probe,
-            kl_prompts=[e.prompt + e.response for e in ctx.train_ex[:16]],
-        )
-    full = cache[key]
-    n = SelectConfig(fraction=fraction).count(ctx.pair.geometry)
-    return HeadRanking(full.method, full.scores, full.order, sorted(full.order[:n]), full.extra)
+        lost = shared.lost_of_rank(vcfg.compensation.k)
+        cache[key] = stages.select(shared.pair, shared.data, lost, vcfg)
+    return cache[key].top(vcfg.select.count(shared.pair.geometry))
 
 
 def run(cfg: AblationConfig) -> list[dict[str, Any]]:
     t0 = time.perf_counter()
-    ctx = prepare(cfg.setup)
-    tcfg = TrainConfig(
-        objective=cfg.objective,  # type: ignore[arg-type]
-        lr=cfg.lr,
-        steps=cfg.steps,
-        batch_size=cfg.batch_size,
-        seed=cfg.setup.seed,
-    )
+    shared = run_shared_stages(cfg.fit)
+    base_scores = shared.scores(None)
     variants = [VARIANTS[SHORT[s]] for s in cfg.only] if cfg.only else list(VARIANTS)
     rows: list[dict[str, Any]] = []
     rankings: dict = {}
@@ -179,50 +162,50 @@ def run(cfg: AblationConfig) -> list[dict[str, Any]]:
     partial = cfg.out / "ablations.jsonl"
     partial.write_text("")
     meta = run_meta(
-        cfg, ctx.ppl_dense, ctx.ppl_pruned, ctx.diff.n_positions, len(ctx.probe), ctx.identity()
+        cfg,
+        base_scores["ppl_dense"],
+        base_scores["ppl_pruned"],
+        shared.lost.diff.n_positions,
+        shared.identity(),
     )
     write_text(cfg.out / "ablations_meta.json", json.dumps(meta, default=str))
     for v in variants:
         t1 = time.perf_counter()
-        ranking = _ranking(ctx, rankings, v.selection, v.k, v.fraction)
+        vcfg = variant_config(cfg.fit, v)
+        ranking = _ranking(shared, rankings, vcfg)
+        lost = shared.lost_of_rank(v.k)
         if v.train:
-            comp, history = train_compensation(
-                ctx,
-                ranking.selected,
-                v.k,
-                tcfg,
-                use_directions=v.use_directions,
-                use_bias=v.use_bias,
-            )
+            comp = stages.build_compensation(shared.pair, ranking.selected, lost.components, vcfg)
+            history = stages.train_compensation(shared.pair, comp, shared.data, vcfg).history
             final_loss = history[-1]["loss"] if history else float("nan")
         else:
             from lcc_lens.compensation import Compensation
 
-            comp = Compensation(ctx.pair.geometry, ranking.selected, use_directions=False)
-            comp.init_from(ctx.lost(v.k).components)
-            final_loss = float("nan")
-        ppl = ctx.ppl(comp)
+            comp = Compensation(shared.pair.geometry, ranking.selected, use_directions=False)
+            comp.init_from(lost.components.components)
+            history, final_loss = [], float("nan")
+        scores = shared.scores(comp)
         if v is VARIANTS[0]:
             base = VARIANTS[0]
-            fit = fit_record(tcfg, cfg.setup, selection=base.selection, fraction=base.fraction)
-            save_base(cfg.out / "base_fit", comp, ranking, history, fit)
+            fit = fit_record(vcfg, selection=base.selection, fraction=base.fraction)
+            save_base(cfg.out / "base_fit", comp, ranking, history, fit, shared)
         row = {
             "variant": v.name,
             "selection": v.selection,
-            "heads": f"{len(ranking.selected)} / {ctx.pair.geometry.n_total_heads}",
+            "heads": f"{len(ranking.selected)} / {shared.pair.geometry.n_total_heads}",
             "K": v.k,
             "trainable params": sum(p.numel() for p in comp.parameters() if p.requires_grad)
             if v.train
             else 0,
             "final train loss": float(final_loss),
-            "held-out PPL": ppl,
-            "gap closed": ctx.gap_closed(ppl),
+            "held-out PPL": scores["ppl_restored"],
+            "gap closed": scores["gap_closed"],
             "seconds": time.perf_counter() - t1,
         }
         rows.append(row)
         with partial.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
-        logger.info("%s: ppl %.3f, gap closed %.3f", v.name, ppl, row["gap closed"])
+        logger.info("%s: ppl %.3f, gap closed %.3f", v.name, row["held-out PPL"], row["gap closed"])
     write_report(meta, rows, time.perf_counter() - t0, cfg.out)
     return rows
 
@@ -232,22 +215,29 @@ def run_meta(
     ppl_dense: float,
     ppl_pruned: float,
     n_positions: int,
-    n_probe: int,
     identity,
 ) -> dict:
     """What the report states about the shared setting besides the rows."""
+    fit = cfg.fit
     return {
         "ppl_dense": ppl_dense,
         "ppl_pruned": ppl_pruned,
         "n_positions": n_positions,
-        "n_probe": n_probe,
-        "objective": cfg.objective,
-        "steps": cfg.steps,
-        "batch_size": cfg.batch_size,
-        "lr": cfg.lr,
-        "setup": cfg.setup.__dict__,
+        "n_probe": fit.probe.n_pairs,
+        "objective": fit.train.objective,
+        "steps": fit.train.steps,
+        "batch_size": fit.train.batch_size,
+        "lr": fit.train.lr,
+        "setup": {
+            "eval_domain": fit.data.test_domain,
+            "eval_windows": fit.eval.windows,
+            "eval_context": fit.eval.context_length,
+            "max_length": fit.max_length,
+            "seed": fit.seed,
+            "n_train": fit.data.n_train,
+        },
         "identity": identity,
-        "command": "python analysis/ablations.py " + " ".join(sys.argv[1:]),
+        "command": "python -m analysis.ablations " + " ".join(sys.argv[1:]),
     }
 
 
@@ -266,12 +256,10 @@ def report_only(cfg: AblationConfig) -> Path:
         from lcc_lens.models import describe
 
         identity = {
-            "dense": describe(cfg.setup.dense),
+            "dense": describe(cfg.fit.dense),
             "note": "meta rebuilt from the run's command line and log",
         }
-        meta = run_meta(
-            cfg, cfg.ppl_dense, cfg.ppl_pruned, cfg.setup.n_diff, cfg.setup.n_probe, identity
-        )
+        meta = run_meta(cfg, cfg.ppl_dense, cfg.ppl_pruned, cfg.fit.data.n_diff_prompts, identity)
     else:
         raise DataError(
             f"{meta_path} is missing: pass --ppl-dense and --ppl-pruned as logged by the run."
@@ -285,21 +273,12 @@ def save_base(
     ranking: HeadRanking,
     history: list[dict[str, Any]],
     fit: dict[str, Any],
+    shared: Shared,
 ) -> None:
     """Keep the base variant's fit so that analysis/findings.py can reuse it instead of retraining."""
-    import torch
-
     folder.mkdir(parents=True, exist_ok=True)
     comp.save(folder / "compensation.safetensors")
-    torch.save(
-        {
-            "method": ranking.method,
-            "scores": ranking.scores,
-            "order": ranking.order,
-            "selected": ranking.selected,
-        },
-        folder / "ranking.pt",
-    )
+    write_text(folder / "ranking.json", ranking.dumps(shared.pair.geometry))
     write_text(folder / "history.json", json.dumps(history))
     write_text(folder / "fit.json", json.dumps(fit, default=str))
 
@@ -337,7 +316,7 @@ def write_report(
         "gap closed (NLL)",
         "seconds",
     ]
-    cmd = meta.get("command") or "python analysis/ablations.py " + " ".join(sys.argv[1:])
+    cmd = meta.get("command") or "python -m analysis.ablations " + " ".join(sys.argv[1:])
     st = meta["setup"]
     missing = [v.name for v in VARIANTS if v.name not in {r["variant"] for r in rows}]
     text = "\n".join(
@@ -347,11 +326,12 @@ def write_report(
             f"Command: `{cmd.strip()}` ({seconds / 60:.1f} min of variant time on this machine's shared CPU).",
             "",
             f"Dense held-out PPL {meta['ppl_dense']:.4g}; pruned {meta['ppl_pruned']:.4g} "
-            f"({st['eval_windows']} windows x {st['eval_context']} tokens of the held-out 'test' text). "
+            f"({st['eval_windows']} windows x {st['eval_context']} tokens of the held-out "
+            f"{st.get('eval_domain', 'test')!r} text). "
             f"Each variant: fresh zero-initialised compensation, objective {meta['objective']}, {meta['steps']} "
             f"steps of batch {meta['batch_size']} (max length {st['max_length']}), lr {meta['lr']}, seed "
             f"{st['seed']}; lost components from {meta['n_positions']} last-token activation differences; probe on "
-            f"{meta['n_probe']} contrastive samples. 'gap closed' = (PPL_pruned - PPL) / (PPL_pruned - PPL_dense); "
+            f"{meta['n_probe']} contrastive pairs. 'gap closed' = (PPL_pruned - PPL) / (PPL_pruned - PPL_dense); "
             "'gap closed (NLL)' is the same in log-perplexity, as `python -m lcc_lens.eval` reports it.",
             "",
             markdown_table(rows, cols),

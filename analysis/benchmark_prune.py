@@ -1,7 +1,7 @@
 """Benchmark (not a test): pruning time and peak memory on the real embedded model.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python analysis/benchmark_prune.py --method wanda --sparsity 0.5
-    HF_HUB_OFFLINE=1 .venv/bin/python analysis/benchmark_prune.py --method sparsegpt --pattern 2:4
+    HF_HUB_OFFLINE=1 .venv/bin/python -m analysis.benchmark_prune --method wanda --sparsity 0.5
+    HF_HUB_OFFLINE=1 .venv/bin/python -m analysis.benchmark_prune --method sparsegpt --pattern 2:4
 
 Prints the pruning wall time, the process's resident memory (baseline after imports, after loading the
 model, peak while pruning, sampled every 20 ms), torch's CUDA peak when on a GPU, the model's own size

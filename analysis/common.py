@@ -1,180 +1,145 @@
-"""Shared setup of the real-model analyses: one pruned pair, data, lost components and evaluation.
+"""What the real-model analyses share: their fit setting, the fit's first stages run once, reporting.
 
-Everything expensive is computed once per process and shared by the variants (the pruned model, the
-activation differences, the lost components, the probe samples, the dense and pruned perplexities).
+The scripts build one :class:`~lcc_lens.fit.FitConfig` (smaller than the fit's defaults so that a
+2-core CPU finishes) and call the fit's own stages (:mod:`lcc_lens.fit.stages`); nothing here
+re-implements a stage.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lcc_lens.compensation import Compensation
-from lcc_lens.components import LostComponents, lost_components
-from lcc_lens.corpora import corpus_identity, split_text
-from lcc_lens.data import Encoded, Example, encode, load_examples
-from lcc_lens.diff import DiffConfig, HeadDiff, head_diffs
-from lcc_lens.evaluation.perplexity import perplexity
-from lcc_lens.fit import FitConfig, resolve_pruned
-from lcc_lens.models import ModelPair, describe
-from lcc_lens.probing import ProbeSample, probe_samples
-from lcc_lens.training import TrainConfig, train
-
-logger = logging.getLogger(__name__)
+from lcc_lens.evaluation.protocol import ProtocolResult
+from lcc_lens.fit import FitConfig, stages
+from lcc_lens.fit.evaluate import headline_metrics, heldout_evaluation
+from lcc_lens.models import HeadGeometry, describe
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+# The analyses' setting: the fit's defaults with smaller sizes (each can be changed from the CLI).
+ANALYSIS_SIZES: dict[str, Any] = {
+    "data": {"n_train": 128, "n_diff_prompts": 128, "n_probe": 128},
+    "probe": {"n_pairs": 256},
+    "train": {"steps": 16, "batch_size": 8},
+    "eval": {"windows": 24, "context_length": 256},
+}
 
-@dataclass(frozen=True)
-class Setup:
-    """Sizes of the shared real-model setting (kept small for a 2-core CPU)."""
 
-    dense: str = "embedded"
-    prune_method: str = "wanda"
-    sparsity: float = 0.5
-    n_train: int = 128
-    n_val: int = 16
-    n_diff: int = 128
-    n_probe: int = 128
-    max_length: int = 128
-    eval_windows: int = 24
-    eval_context: int = 256
-    seed: int = 0
+def analysis_config(
+    *,
+    dense: str = "embedded",
+    prune_method: str = "wanda",
+    n_train: int = 128,
+    max_length: int = 128,
+    eval_windows: int = 24,
+    steps: int = 16,
+    lr: float = 1e-2,
+    batch_size: int = 8,
+    objective: str = "lm",
+    seed: int = 0,
+) -> FitConfig:
+    """The analyses' FitConfig: the fit's stages and defaults at the analyses' sizes."""
+    sizes = {key: dict(value) for key, value in ANALYSIS_SIZES.items()}
+    sizes["data"].update(
+        n_train=n_train, n_diff_prompts=min(128, n_train), n_probe=min(128, n_train)
+    )
+    sizes["train"].update(steps=steps, lr=lr, batch_size=batch_size, objective=objective)
+    sizes["eval"]["windows"] = eval_windows
+    return FitConfig.from_dict(
+        {
+            "dense": dense,
+            "device": "cpu",
+            "seed": seed,
+            "max_length": max_length,
+            "prune": {"method": prune_method},
+            **sizes,
+        }
+    )
 
 
 @dataclass
-class Context:
-    """The shared objects: pair, encoded data, diffs and components per K, probe samples, baselines."""
+class Shared:
+    """The stages every variant of one setting shares, run once: pair, data, diffs, baseline scores."""
 
-    setup: Setup
-    pair: ModelPair
-    pruned_source: str
-    train_ex: list[Example]
-    train_enc: list[Encoded]
-    val_enc: list[Encoded]
-    diff: HeadDiff
-    probe: list[ProbeSample]
-    eval_text: str
-    ppl_dense: float
-    ppl_pruned: float
-    components: dict[int, LostComponents] = field(default_factory=dict)
+    config: FitConfig
+    resolved: stages.ResolvedPair
+    data: stages.EncodedData
+    lost: stages.LostStage
+    baseline: ProtocolResult
 
-    def lost(self, k: int) -> LostComponents:
-        if k not in self.components:
-            self.components[k] = lost_components(self.diff.samples, k)
-        return self.components[k]
+    @property
+    def pair(self):
+        return self.resolved.pair
 
-    def ppl(self, comp: Compensation | None) -> float:
-        """Held-out perplexity of the pruned model, with ``comp`` attached when given."""
-        kw = {"context_length": self.setup.eval_context, "max_windows": self.setup.eval_windows}
-        if comp is None:
-            return perplexity(self.pair.pruned, self.pair.tokenizer, self.eval_text, **kw).ppl
-        with comp.attach(self.pair.pruned):
-            return perplexity(self.pair.pruned, self.pair.tokenizer, self.eval_text, **kw).ppl
+    @property
+    def test_domain(self) -> str:
+        return self.data.texts.config.test_domain
 
-    def gap_closed(self, ppl_restored: float) -> float:
-        gap = self.ppl_pruned - self.ppl_dense
-        return (self.ppl_pruned - ppl_restored) / gap if gap > 0 else math.nan
+    def lost_of_rank(self, k: int) -> stages.LostStage:
+        return stages.LostStage(stages.components_of_rank(self.lost, k), self.lost.diff)
+
+    def scores(self, comp: Compensation | None) -> dict[str, Any]:
+        """Headline metrics (test domain) of the pruned model, with ``comp`` attached when given."""
+        result = heldout_evaluation(self.pair, comp, self.data, self.config, baseline=self.baseline)
+        return headline_metrics(result, self.test_domain)
 
     def identity(self) -> dict[str, Any]:
         return {
-            "dense": describe(self.setup.dense),
-            "pruned": describe(self.pruned_source),
-            "eval_text": corpus_identity("test"),
-            "setup": self.setup.__dict__,
+            "dense": describe(self.config.dense),
+            "pruned": describe(self.resolved.pruned_source),
+            "data": self.data.texts.describe(),
+            "config": self.config.to_dict(),
         }
 
 
-def prepare(setup: Setup, *, with_probe: bool = True) -> Context:
-    """Prune (cached), load the pair, encode data, take the diffs once, and score dense and pruned."""
-    t0 = time.perf_counter()
-    fcfg = FitConfig(
-        dense=setup.dense, prune_method=setup.prune_method, prune_sparsity=setup.sparsity
-    )
-    pruned_source = resolve_pruned(fcfg)
-    pair = ModelPair.load(setup.dense, pruned_source, device="cpu")
-    train_ex = load_examples("offline", split="train", n=setup.n_train, seed=setup.seed)
-    val_ex = load_examples("offline", split="validation", n=setup.n_val, seed=setup.seed)
-    train_enc = encode(pair.tokenizer, train_ex, setup.max_length)
-    val_enc = encode(pair.tokenizer, val_ex, setup.max_length)
-    diff = head_diffs(
-        pair,
-        [e.prompt for e in train_ex[: setup.n_diff]],
-        DiffConfig(positions="last", max_length=setup.max_length, seed=setup.seed),
-    )
-    probe = probe_samples(train_ex[: setup.n_probe]) if with_probe else []
-    eval_text = split_text("test")
-    kw = {"context_length": setup.eval_context, "max_windows": setup.eval_windows}
-    ppl_dense = perplexity(pair.dense, pair.tokenizer, eval_text, **kw).ppl
-    ppl_pruned = perplexity(pair.pruned, pair.tokenizer, eval_text, **kw).ppl
-    logger.info(
-        "prepared in %.0f s: ppl dense %.3f, pruned %.3f",
-        time.perf_counter() - t0,
-        ppl_dense,
-        ppl_pruned,
-    )
-    return Context(
-        setup,
-        pair,
-        pruned_source,
-        train_ex,
-        train_enc,
-        val_enc,
-        diff,
-        probe,
-        eval_text,
-        ppl_dense,
-        ppl_pruned,
-    )
+def run_shared_stages(config: FitConfig) -> Shared:
+    """Resolve the pair, choose the data, take the diffs and score dense / pruned: once per setting."""
+    resolved = stages.resolve_pair(config)
+    data = stages.choose_data(config, resolved.pair.tokenizer)
+    lost = stages.find_lost_components(resolved.pair, data, config)
+    baseline = heldout_evaluation(resolved.pair, None, data, config)
+    return Shared(config, resolved, data, lost, baseline)
 
 
-def train_compensation(
-    ctx: Context,
-    heads: list[tuple[int, int]],
-    k: int,
-    tcfg: TrainConfig,
-    *,
-    use_directions: bool = True,
-    use_bias: bool = True,
-) -> tuple[Compensation, list[dict[str, Any]]]:
-    """A fresh compensation on ``heads`` (zero init), trained with ``tcfg`` on the shared data."""
-    torch.manual_seed(tcfg.seed)
-    comp = Compensation(
-        ctx.pair.geometry,
-        heads,
-        ctx.lost(k).directions,
-        use_directions=use_directions,
-        use_bias=use_bias,
-    )
-    history = train(ctx.pair, comp, ctx.train_enc, ctx.val_enc, tcfg)
-    return comp, history
-
-
-def fit_record(tcfg: TrainConfig, setup: Setup, **extra: Any) -> dict[str, Any]:
+def fit_record(config: FitConfig, **extra: Any) -> dict[str, Any]:
     """How a compensation was trained, stored beside a fit and quoted by the reports that reuse it."""
+    t = config.train
     return {
-        "objective": tcfg.objective,
-        "steps": tcfg.steps,
-        "batch_size": tcfg.batch_size,
-        "lr": tcfg.lr,
+        "objective": t.objective,
+        "steps": t.steps,
+        "batch_size": t.batch_size,
+        "lr": t.lr,
         **extra,
-        "setup": asdict(setup),
+        "n_train": config.data.n_train,
+        "max_length": config.max_length,
+        "config": config.to_dict(),
     }
 
 
 def describe_fit(fit: dict[str, Any]) -> str:
     """One line for a report: objective, steps, batch, lr and training data size."""
-    setup = fit.get("setup", {})
     return (
-        f"objective {fit['objective']}, {fit['steps']} steps of batch {fit['batch_size']}, lr {fit['lr']}, "
-        f"{setup.get('n_train', '?')} training examples of at most {setup.get('max_length', '?')} tokens"
+        f"objective {fit['objective']}, {fit['steps']} steps of batch {fit['batch_size']}, lr "
+        f"{fit['lr']}, {fit.get('n_train', '?')} training examples of at most "
+        f"{fit.get('max_length', '?')} tokens"
     )
+
+
+def top_heads(
+    values: Any, geometry: HeadGeometry, n: int, *, descending: bool = True
+) -> list[tuple[str, float, tuple[int, int]]]:
+    """The ``n`` (name, value, (layer, head)) triples of a [n_layers, n_heads] map, largest first."""
+    flat = values.flatten()
+    order = flat.argsort(descending=descending)[:n].tolist()
+    out = []
+    for i in order:
+        layer, head = geometry.unflatten(int(i))
+        out.append((geometry.head_name(layer, head), float(flat[i]), (layer, head)))
+    return out
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:

@@ -3,7 +3,7 @@
 For each layout (tiny random models, fp32) and optionally the real embedded model, prints the max |logit|
 difference, whether every pruned weight (zeros included) is unchanged, and the zero-compensation difference.
 
-    .venv/bin/python analysis/export_invariants.py [--real PRUNED_DIR]
+    .venv/bin/python -m analysis.export_invariants [--real PRUNED_DIR]
 """
 
 from __future__ import annotations

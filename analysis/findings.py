@@ -8,45 +8,45 @@
   pruned / restored perplexity, head selection, per-head restoration on held-out prompts;
 * the logit lens of each compensation (Figure 5) and each head's logit gain on the task (Finding 2).
 
-    python analysis/findings.py     # writes analysis/results/findings.md and figures/ (about 10 min)
+    python -m analysis.findings     # writes analysis/results/findings.md and figures/ (about 10 min)
+
+Held-out figures are the fit's evaluation protocol on its out-of-domain test domain.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from analysis.common import (  # noqa: E402
+from analysis.common import (
     RESULTS,
-    Context,
-    Setup,
+    Shared,
+    analysis_config,
     describe_fit,
     fit_record,
     markdown_table,
-    prepare,
-    train_compensation,
+    run_shared_stages,
+    top_heads,
 )
-from lcc_lens import plots  # noqa: E402
-from lcc_lens.atomic import write_text  # noqa: E402
-from lcc_lens.compensation import Compensation  # noqa: E402
-from lcc_lens.corpora import passages  # noqa: E402
-from lcc_lens.diff import DiffConfig  # noqa: E402
-from lcc_lens.evaluation.suite import next_passage_items  # noqa: E402
-from lcc_lens.logit_lens import AnswerPair, answer_pairs_from_choices, logit_gain, logit_lens  # noqa: E402
-from lcc_lens.plots._common import ranked  # noqa: E402
-from lcc_lens.selection import SelectConfig, select_heads  # noqa: E402
-from lcc_lens.training import TrainConfig  # noqa: E402
+from lcc_lens import plots
+from lcc_lens.atomic import write_text
+from lcc_lens.compensation import Compensation
+from lcc_lens.evaluation.suite import next_passage_items
+from lcc_lens.fit import FitConfig, stages
+from lcc_lens.fit.evaluate import heldout_evaluation, restoration
+from lcc_lens.lens import AnswerPair, answer_pairs_from_choices, logit_gain, logit_lens
+from lcc_lens.models import HeadGeometry
+from lcc_lens.selection import HeadRanking
 
 logger = logging.getLogger("analysis.findings")
 
@@ -55,12 +55,8 @@ COMPONENT_INDICES = (1, 2, 5, 20, 50)
 
 @dataclass(frozen=True)
 class FindingsConfig:
-    setup: Setup
+    fit: FitConfig
     fraction: float = 0.1
-    steps: int = 16
-    batch_size: int = 8
-    lr: float = 1e-2
-    objective: str = "lm"
     n_task: int = 48
     n_heldout: int = 32
     component_windows: int = 12
@@ -86,22 +82,19 @@ def parse_args(argv: list[str] | None = None) -> FindingsConfig:
     )
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args(argv)
-    setup = replace(
-        Setup(),
+    fit = analysis_config(
         dense=a.dense,
         prune_method=a.prune_method,
         n_train=a.n_train,
         max_length=a.max_length,
-        n_diff=min(128, a.n_train),
-        n_probe=min(128, a.n_train),
         eval_windows=a.eval_windows,
-    )
-    reuse = None if a.no_reuse else a.out / "base_fit"
-    return FindingsConfig(
-        setup,
         steps=a.steps,
         batch_size=a.batch_size,
         objective=a.objective,
+    )
+    reuse = None if a.no_reuse else a.out / "base_fit"
+    return FindingsConfig(
+        fit,
         n_task=a.n_task,
         n_heldout=a.n_heldout,
         component_windows=a.component_windows,
@@ -110,16 +103,29 @@ def parse_args(argv: list[str] | None = None) -> FindingsConfig:
     )
 
 
-def _fit(cfg: FindingsConfig, ctx: Context):
+def ranking_from_json(data: dict[str, Any], geometry: HeadGeometry) -> HeadRanking:
+    """A HeadRanking back from the heads JSON a fit or the ablations wrote."""
+    scores = torch.zeros(geometry.n_layers, geometry.n_heads)
+    order = []
+    for row in data["ranking"]:
+        scores[row["layer"], row["head"]] = row["score"]
+        order.append((row["layer"], row["head"]))
+    selected = [tuple(h) for h in data["selected"]]
+    return HeadRanking(data["method"], scores, order, sorted(selected))  # type: ignore[arg-type]
+
+
+def _fit(cfg: FindingsConfig, shared: Shared):
     """(compensation, ranking, history, description): the ablations' base fit when present, else a
-    fresh one trained with this script's settings."""
+    fresh one trained with this script's settings by the fit's own stages."""
     reuse = cfg.reuse
     if reuse is not None and (reuse / "compensation.safetensors").is_file():
-        if not (reuse / "fit.json").is_file():
-            logger.warning("%s has no fit.json (how it was trained); training afresh", reuse)
+        if not (reuse / "fit.json").is_file() or not (reuse / "ranking.json").is_file():
+            logger.warning("%s lacks fit.json or ranking.json; training afresh", reuse)
         else:
             comp = Compensation.load(reuse / "compensation.safetensors")
-            ranking = torch.load(reuse / "ranking.pt")
+            ranking = ranking_from_json(
+                json.loads((reuse / "ranking.json").read_text()), shared.pair.geometry
+            )
             history = json.loads((reuse / "history.json").read_text())
             fit = json.loads((reuse / "fit.json").read_text())
             logger.info("reusing the base fit in %s", reuse)
@@ -132,58 +138,52 @@ def _fit(cfg: FindingsConfig, ctx: Context):
                 history,
                 f"the ablations' base fit in `{where}` ({describe_fit(fit)})",
             )
-    if not ctx.probe:
-        from lcc_lens.probing import probe_samples
-
-        ctx.probe = probe_samples(ctx.train_ex[: ctx.setup.n_probe])
-    rk = select_heads(
-        ctx.pair,
-        SelectConfig(method="probe", fraction=cfg.fraction, seed=ctx.setup.seed),
-        components=ctx.lost(1),
-        diff=ctx.diff,
-        probe_data=ctx.probe,
+    fcfg = dataclasses.replace(
+        cfg.fit, select=dataclasses.replace(cfg.fit.select, method="probe", fraction=cfg.fraction)
     )
-    tcfg = TrainConfig(
-        objective=cfg.objective,  # type: ignore[arg-type]
-        lr=cfg.lr,
-        steps=cfg.steps,
-        batch_size=cfg.batch_size,
-        seed=ctx.setup.seed,
-    )
-    comp, history = train_compensation(ctx, rk.selected, 1, tcfg)
-    ranking = {"method": rk.method, "scores": rk.scores, "order": rk.order, "selected": rk.selected}
-    fit = fit_record(tcfg, ctx.setup, selection="probe", fraction=cfg.fraction)
+    ranking = stages.select(shared.pair, shared.data, shared.lost, fcfg)
+    comp = stages.build_compensation(shared.pair, ranking.selected, shared.lost.components, fcfg)
+    history = stages.train_compensation(shared.pair, comp, shared.data, fcfg).history
+    fit = fit_record(fcfg, selection="probe", fraction=cfg.fraction)
     return comp, ranking, history, f"trained here ({describe_fit(fit)})"
 
 
 @torch.no_grad()
-def single_components(ctx: Context, heads: list[tuple[int, int]], index: int) -> torch.Tensor:
+def single_components(shared: Shared, heads: list[tuple[int, int]], index: int) -> torch.Tensor:
     """c_i = mean_n(U[n, i]) S[i] V[i] per head (i is 1-based), zero elsewhere: [L, H, d]."""
-    out = torch.zeros(
-        ctx.pair.geometry.n_layers, ctx.pair.geometry.n_heads, ctx.pair.geometry.d_head
-    )
+    g = shared.pair.geometry
+    out = torch.zeros(g.n_layers, g.n_heads, g.d_head)
     for layer, head in heads:
-        dz = ctx.diff.samples[layer, head].double()
+        dz = shared.lost.diff.samples[layer, head].double()
         u, s, vh = torch.linalg.svd(dz, full_matrices=False)
         if index - 1 < s.shape[0]:
             out[layer, head] = (u[:, index - 1].mean() * s[index - 1] * vh[index - 1]).float()
     return out
 
 
-def _offsets_comp(ctx: Context, heads, offsets: torch.Tensor) -> Compensation:
-    comp = Compensation(ctx.pair.geometry, heads, use_directions=False)
+def _offsets_comp(shared: Shared, heads, offsets: torch.Tensor) -> Compensation:
+    comp = Compensation(shared.pair.geometry, heads, use_directions=False)
     comp.init_from(offsets)
     return comp
 
 
-def _task_logit_diff(ctx: Context, comp: Compensation, task: list[AnswerPair]) -> float:
-    return logit_gain(ctx.pair, comp, task).logit_diff_restored
+def _task_logit_diff(shared: Shared, comp: Compensation, task: list[AnswerPair]) -> float:
+    return logit_gain(shared.pair, comp, task).logit_diff_restored
+
+
+def _shorter(shared: Shared, windows: int) -> Shared:
+    """The same setting scored on fewer held-out windows (the many component injections)."""
+    config = dataclasses.replace(
+        shared.config, eval=dataclasses.replace(shared.config.eval, windows=windows)
+    )
+    baseline = heldout_evaluation(shared.pair, None, shared.data, config)
+    return dataclasses.replace(shared, config=config, baseline=baseline)
 
 
 def run(cfg: FindingsConfig) -> Path:
     t0 = time.perf_counter()
-    ctx = prepare(cfg.setup, with_probe=False)
-    g = ctx.pair.geometry
+    shared = run_shared_stages(cfg.fit)
+    g = shared.pair.geometry
     figs = cfg.out / "figures"
     saved: dict[str, str] = {}
 
@@ -191,45 +191,47 @@ def run(cfg: FindingsConfig) -> Path:
         paths = plots.save_figure(fig, figs / name, png=True)
         saved[name] = paths[-1].name
 
-    comp, ranking, history, fit_source = _fit(cfg, ctx)
+    comp, ranking, history, fit_source = _fit(cfg, shared)
     heads = comp.selected_heads()
-    lc1, lc10 = ctx.lost(1), ctx.lost(10)
+    diff = shared.lost.diff
+    lc1 = stages.components_of_rank(shared.lost, 1)
+    lc10 = stages.components_of_rank(shared.lost, 10)
 
     # 1. what was lost
-    save(plots.lost_heatmaps(ctx.diff, lc1, selected=heads), "lost_components")
-    top_lost = ranked(lc1.norms, g, 10)
+    save(plots.lost_heatmaps(diff, lc1, selected=heads), "lost_components")
+    top_lost = top_heads(lc1.norms, g, 10)
 
     # 4. spectra, and leading vs minor components (training-free injection on the selected heads)
     save(plots.spectra_figure(lc1, g, max_heads=8, leading_k=1), "spectra")
-    task = answer_pairs_from_choices(next_passage_items(cfg.n_task, seed=cfg.setup.seed))
-    short = replace(ctx.setup, eval_windows=cfg.component_windows)
-    ctx_short = replace(ctx, setup=short)
-    base_ppl_pruned = ctx_short.ppl(None)
-    gain_probe = logit_gain(ctx.pair, _offsets_comp(ctx, heads, lc1.components), task)
+    task = answer_pairs_from_choices(next_passage_items(cfg.n_task, seed=cfg.fit.seed))
+    short = _shorter(shared, cfg.component_windows)
+    base_ppl_pruned = short.scores(None)["ppl_pruned"]
+    gain_probe = logit_gain(shared.pair, _offsets_comp(shared, heads, lc1.components), task)
     ld_pruned, ld_dense = gain_probe.logit_diff_pruned, gain_probe.logit_diff_dense
     comp_rows: list[dict[str, Any]] = []
     ppl_series: dict[int, float] = {}
     ld_series: dict[int, float] = {}
     for i in COMPONENT_INDICES:
-        c = _offsets_comp(ctx, heads, single_components(ctx, heads, i))
-        ppl_i, ld_i = ctx_short.ppl(c), _task_logit_diff(ctx, c, task)
+        c = _offsets_comp(shared, heads, single_components(shared, heads, i))
+        ppl_i = short.scores(c)["ppl_restored"]
+        ld_i = _task_logit_diff(shared, c, task)
         ppl_series[i], ld_series[i] = ppl_i, ld_i
         comp_rows.append(
             {"injected": f"component {i} only", "held-out PPL": ppl_i, "task logit diff": ld_i}
         )
     for k, lc in ((1, lc1), (10, lc10)):
-        c = _offsets_comp(ctx, heads, lc.components)
+        c = _offsets_comp(shared, heads, lc.components)
         comp_rows.append(
             {
                 "injected": f"rank-{k} lost component (sum of 1..{k})",
-                "held-out PPL": ctx_short.ppl(c),
-                "task logit diff": _task_logit_diff(ctx, c, task),
+                "held-out PPL": short.scores(c)["ppl_restored"],
+                "task logit diff": _task_logit_diff(shared, c, task),
             }
         )
     save(
         plots.component_rank_effect(
             {"held-out PPL": ppl_series},
-            metric_name=f"held-out perplexity ({short.eval_windows} windows)",
+            metric_name=f"held-out perplexity ({cfg.component_windows} windows)",
             baselines={"pruned": base_ppl_pruned},
         ),
         "components_ppl",
@@ -244,36 +246,35 @@ def run(cfg: FindingsConfig) -> Path:
     )
 
     # 7. fit: curves and comparison
-    ppl_restored = ctx.ppl(comp)
-    save(plots.training_curves(history), "training_curves")
-    ppl = {"dense": ctx.ppl_dense, "pruned": ctx.ppl_pruned, "restored": ppl_restored}
+    scores = shared.scores(comp)
+    save(
+        plots.training_curves(history),
+        "training_curves",
+    )
+    ppl = {k: scores[f"ppl_{k}"] for k in ("dense", "pruned", "restored")}
     save(plots.comparison_bar(ppl, "held-out perplexity"), "perplexity")
 
     # 3. selection
     save(
-        plots.selection_figure(ranking["scores"], g, ranking["selected"], method=ranking["method"]),
+        plots.selection_figure(ranking.scores, g, ranking.selected, method=ranking.method),
         "selection",
     )
 
     # 2. restoration on held-out prompts
-    heldout = passages(
-        "validation", cfg.n_heldout, min_chars=200, max_chars=500, seed=cfg.setup.seed + 1
-    )
-    stats = plots.restoration_stats(
-        ctx.pair, comp, heldout, DiffConfig(positions="last", max_length=128)
-    )
+    stats = restoration(shared.pair, comp, shared.data, shared.config, cfg.n_heldout)
     save(plots.restoration_heatmap(stats), "restoration")
     save(plots.restoration_ranking(stats, top_n=30), "restoration_ranking")
 
     # 5. logit lens, 6. logit gain
-    lens = logit_lens(ctx.pair.pruned, comp, ctx.pair.tokenizer, top_k=8, max_heads=15)
+    lens = logit_lens(shared.pair.pruned, comp, shared.pair.tokenizer, top_k=8, max_heads=15)
     save(plots.logit_lens_figure(lens), "logit_lens")
-    gain = logit_gain(ctx.pair, comp, task)
+    gain = logit_gain(shared.pair, comp, task)
     save(plots.logit_gain_figure(gain, selected=heads), "logit_gain")
 
     report = _report(
         cfg,
-        ctx,
+        shared,
+        scores,
         fit_source,
         heads,
         top_lost,
@@ -288,7 +289,6 @@ def run(cfg: FindingsConfig) -> Path:
         gain,
         saved,
         time.perf_counter() - t0,
-        short,
     )
     path = cfg.out / "findings.md"
     write_text(path, report)
@@ -297,7 +297,8 @@ def run(cfg: FindingsConfig) -> Path:
 
 def _report(
     cfg,
-    ctx,
+    shared,
+    scores,
     fit_source,
     heads,
     top_lost,
@@ -312,12 +313,13 @@ def _report(
     gain,
     saved,
     seconds,
-    short,
 ) -> str:
-    g = ctx.pair.geometry
+    g = shared.pair.geometry
+    diff = shared.lost.diff
+    ev = cfg.fit.eval
     share = lc1.explained(1)
     summ = stats.summary()
-    gain_rank = ranked(gain.gain, g, 8)
+    gain_rank = top_heads(gain.gain, g, 8)
     lens_rows = [
         {
             "head": h.name,
@@ -327,7 +329,7 @@ def _report(
         }
         for h in lens.heads[:8]
     ]
-    cmd = "python analysis/findings.py " + " ".join(sys.argv[1:])
+    cmd = "python -m analysis.findings " + " ".join(sys.argv[1:])
     lines = [
         "# LCC findings on SmolLM2-135M-Instruct (Wanda 50 % unstructured)",
         "",
@@ -335,10 +337,10 @@ def _report(
         f"({len(heads)} of {g.n_total_heads} heads by probe).",
         "",
         "## What pruning lost (plot 1)",
-        f"Activation differences at the last prompt token of {ctx.diff.n_positions} prompts. "
-        f"Mean ||dz||/||z_dense|| over heads {float(ctx.diff.rel_dz_norm.mean()):.3f} "
-        f"(max {float(ctx.diff.rel_dz_norm.max()):.3f}); mean dense/pruned cosine {float(ctx.diff.cosine.mean()):.3f} "
-        f"(min {float(ctx.diff.cosine.min()):.3f}).",
+        f"Activation differences at the last prompt token of {diff.n_positions} prompts. "
+        f"Mean ||dz||/||z_dense|| over heads {float(diff.rel_dz_norm.mean()):.3f} "
+        f"(max {float(diff.rel_dz_norm.max()):.3f}); mean dense/pruned cosine "
+        f"{float(diff.cosine.mean()):.3f} (min {float(diff.cosine.min()):.3f}).",
         "Largest lost components (rank 1): "
         + ", ".join(f"{n} {v:.2f}" for n, v, _ in top_lost)
         + ".",
@@ -347,7 +349,8 @@ def _report(
         "## Spectra and leading vs minor components (plot 4, Finding 3)",
         f"Share of ||dZ||^2 in the top direction: median {float(share.median()):.2f}, "
         f"min {float(share.min()):.2f}, max {float(share.max()):.2f}.",
-        f"Training-free injection into the {len(heads)} selected heads; PPL over {short.eval_windows} held-out "
+        f"Training-free injection into the {len(heads)} selected heads; PPL over "
+        f"{cfg.component_windows} held-out "
         f"windows (pruned {pruned_short:.4g}); task = {gain.n_examples} next-passage items, logit diff of the "
         f"correct vs a wrong ending's first token (pruned {ld_pruned:.3f}, dense {ld_dense:.3f}).",
         "",
@@ -357,9 +360,10 @@ def _report(
         f"![ld](figures/{saved['components_logit_diff']})",
         "",
         "## Fit: training and dense / pruned / restored (plot 7)",
-        f"Held-out PPL ({ctx.setup.eval_windows} windows x {ctx.setup.eval_context}): dense {ppl['dense']:.4g}, "
-        f"pruned {ppl['pruned']:.4g}, restored {ppl['restored']:.4g}; gap closed "
-        f"{ctx.gap_closed(ppl['restored']):.3f}.",
+        f"Held-out PPL on {scores['eval_domain']!r} (out of domain; {ev.windows} windows x "
+        f"{ev.context_length}): dense {ppl['dense']:.4g}, pruned {ppl['pruned']:.4g}, restored "
+        f"{ppl['restored']:.4g}; gap closed {scores['gap_closed_nll']:.3f} in NLL, "
+        f"{scores['gap_closed']:.3f} on the perplexity scale.",
         f"![curves](figures/{saved['training_curves']}) ![ppl](figures/{saved['perplexity']})",
         "",
         "## Head selection (plot 3)",
@@ -382,13 +386,13 @@ def _report(
         f"{gain.n_examples} items ({gain.n_skipped} skipped: same first token).",
         "Largest |gain|: "
         + ", ".join(
-            f"{n} {float(gain.gain[lh]):+.3f}" for n, _, lh in ranked(gain.gain.abs(), g, 8)
+            f"{n} {float(gain.gain[lh]):+.3f}" for n, _, lh in top_heads(gain.gain.abs(), g, 8)
         )
         + ".",
         f"Most positive: {', '.join(f'{n} {v:+.3f}' for n, v, _ in gain_rank)}.",
         f"![gain](figures/{saved['logit_gain']})",
         "",
-        "Identity: `" + json.dumps(ctx.identity(), default=str) + "`",
+        "Identity: `" + json.dumps(shared.identity(), default=str) + "`",
         "",
     ]
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """Does lcc_lens's perplexity agree with lm-eval's own loglikelihood_rolling on the real model?
 
-    HF_HUB_OFFLINE=1 .venv/bin/python analysis/perplexity_agreement.py
+    HF_HUB_OFFLINE=1 .venv/bin/python -m analysis.perplexity_agreement
 
 Scores the same held-out text (passages of ``lcc_lens.corpora`` split "test") with
 ``lcc_lens.evaluation.perplexity`` and with lm-eval's ``HFLM.loglikelihood_rolling`` at the same window
@@ -16,12 +16,9 @@ import hashlib
 import logging
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lcc_lens.corpora import passages  # noqa: E402
 from lcc_lens.evaluation.perplexity import perplexity  # noqa: E402

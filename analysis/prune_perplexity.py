@@ -1,10 +1,10 @@
 """Held-out perplexity of the real embedded model (SmolLM2-135M) after each pruning method.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python analysis/prune_perplexity.py            # full table
-    HF_HUB_OFFLINE=1 .venv/bin/python analysis/prune_perplexity.py --quick    # 8 windows, for a smoke run
+    HF_HUB_OFFLINE=1 .venv/bin/python -m analysis.prune_perplexity            # full table
+    HF_HUB_OFFLINE=1 .venv/bin/python -m analysis.prune_perplexity --quick    # 8 windows, for a smoke run
 
-Pruned checkpoints come from ``lcc_lens.pruning.cached_pruned_checkpoint`` (so reruns, and the fit job,
-reuse them). The evaluation text is held out from calibration: passages of ``lcc_lens.corpora`` split
+Pruned checkpoints come from the fit's own pair-resolution stage (``lcc_lens.fit.stages.resolve_pruned``,
+the cached prune), so reruns and the fit job reuse them. The evaluation text is held out from calibration: passages of ``lcc_lens.corpora`` split
 "test", balanced across its sources, scored with ``lcc_lens.evaluation.perplexity`` over non-overlapping
 windows. Writes a markdown table (default analysis/results/prune_perplexity.md).
 """
@@ -26,8 +26,9 @@ import torch  # noqa: E402
 
 from lcc_lens.corpora import passages  # noqa: E402
 from lcc_lens.evaluation.perplexity import perplexity  # noqa: E402
+from lcc_lens.fit import FitConfig, stages  # noqa: E402
 from lcc_lens.models import load_causal_lm  # noqa: E402
-from lcc_lens.pruning import PruneConfig, PruneReport, cached_pruned_checkpoint  # noqa: E402
+from lcc_lens.pruning import PruneConfig, PruneReport  # noqa: E402
 
 SETTINGS: list[tuple[str, dict]] = [
     ("dense", {}),
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         if kw:
             cfg = PruneConfig(n_samples=args.n_samples, seq_len=args.seq_len, **kw)
-            source = cached_pruned_checkpoint(args.model, cfg)
+            source = stages.resolve_pruned(FitConfig(dense=args.model, prune=cfg))
             report = PruneReport.load(source)
         else:
             source, report = args.model, None
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     dense_ppl = rows[0][2].ppl
     cmd = "HF_HUB_OFFLINE=1 .venv/bin/python " + shlex.join(
-        ["analysis/prune_perplexity.py", *sys.argv[1:]]
+        ["-m", "analysis.prune_perplexity", *sys.argv[1:]]
     )
     lines = [
         "# Held-out perplexity of pruned SmolLM2-135M-Instruct",

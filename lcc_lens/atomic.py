@@ -1,4 +1,13 @@
-"""Atomic output: write into a temporary sibling, rename into place only when complete."""
+"""Safe output: write into a temporary sibling, rename into place when complete, never replace what
+lcc_lens did not write.
+
+Every directory written through :func:`atomic_dir` carries a small marker file (:data:`OWNER_FILE`).
+Replacing an existing directory is allowed only when it carries that marker, is empty, or lies inside
+lcc_lens's own cache; anything else raises :class:`~lcc_lens.errors.OwnershipError` naming what is
+there. On any exception (including KeyboardInterrupt and the CLI's SIGTERM
+:class:`~lcc_lens.errors.Interrupted`) the temporary directory or file is removed and the target is
+left untouched.
+"""
 
 from __future__ import annotations
 
@@ -7,69 +16,176 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lcc_lens.errors import LccError
+from lcc_lens.errors import ConfigError, OwnershipError
+
+OWNER_FILE = ".lcc_lens_owner"
+"""Marker file in every directory lcc_lens writes; its presence allows lcc_lens to replace it."""
+
+_OWNER_TOOL = "lcc_lens"
+
+
+def mark_owned(directory: str | os.PathLike[str], kind: str) -> Path:
+    """Write lcc_lens's marker into ``directory`` (e.g. kind ``"prune"``, ``"fit-run"``, ``"suite"``)."""
+    marker = Path(directory) / OWNER_FILE
+    marker.write_text(json.dumps({"tool": _OWNER_TOOL, "kind": kind}) + "\n")
+    return marker
+
+
+def owner_kind(directory: str | os.PathLike[str]) -> str | None:
+    """The ``kind`` recorded by :func:`mark_owned`, or None when ``directory`` carries no valid marker."""
+    marker = Path(directory) / OWNER_FILE
+    if not marker.is_file():
+        return None
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, dict) or data.get("tool") != _OWNER_TOOL:
+        return None
+    kind = data.get("kind")
+    return kind if isinstance(kind, str) else None
+
+
+def is_owned(directory: str | os.PathLike[str]) -> bool:
+    """Whether ``directory`` was written by lcc_lens (it carries a valid marker)."""
+    return owner_kind(directory) is not None
+
+
+def _inside_cache(path: Path) -> bool:
+    from lcc_lens.cache import cache_root
+
+    try:
+        path.resolve().relative_to(cache_root().resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _listing(path: Path, n: int = 5) -> str:
+    names = sorted(p.name for p in path.iterdir())
+    shown = ", ".join(names[:n]) + (f", ... ({len(names)} entries)" if len(names) > n else "")
+    return shown
+
+
+def check_replaceable(path: str | os.PathLike[str], *, what: str = "output") -> None:
+    """Raise :class:`OwnershipError` unless ``path`` is absent, an empty directory, or lcc_lens's own."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_dir():
+        raise OwnershipError(
+            f"{what} {path} is an existing file, not a directory lcc_lens wrote; it is never replaced. "
+            "Choose another path, or move the file away yourself."
+        )
+    if not any(path.iterdir()) or is_owned(path) or _inside_cache(path):
+        return
+    raise OwnershipError(
+        f"{what} {path} is a directory lcc_lens did not write (it holds {_listing(path)}); it is "
+        "never replaced or deleted. Choose another path, or empty it yourself."
+    )
 
 
 def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
-    """Create ``path``'s parent if needed and check it can be written; raise a clear error if not."""
+    """Create ``path``'s parent if needed and check it can be written; raise a clear error if not.
+
+    A path with a suffix is taken as a file (its parent is created), one without as a directory.
+    """
     path = Path(path)
     parent = path.parent if path.suffix else path
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise LccError(
-            f"cannot create output directory {parent}: {exc}. Choose a writable --out."
-        ) from exc
-    if not os.access(parent, os.W_OK):
-        raise LccError(f"output directory {parent} is not writable. Choose a writable --out.")
+    _ensure_dir(parent)
     return path
 
 
-@contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike[str], *, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary directory next to ``final``; on success it replaces ``final``.
+def ensure_parent_dir(file: str | os.PathLike[str]) -> Path:
+    """Create the parent directory of the file ``file`` and check it is writable and not a folder."""
+    file = Path(file)
+    if file.is_dir():
+        raise ConfigError(
+            f"{file} is a directory; pass a file path (e.g. {file / 'results.json'})."
+        )
+    _ensure_dir(file.parent)
+    return file
 
-    On any exception the temporary directory is removed and ``final`` is left untouched.
+
+def check_writable(path: str | os.PathLike[str], *, what: str = "output") -> Path:
+    """Check that ``path`` could be created (its nearest existing ancestor is a writable
+    directory) without creating anything."""
+    path = Path(path).expanduser()
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"{what} {path}: {ancestor} is a file, not a directory.")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path}: {ancestor} is not writable. Choose a writable path.")
+    return path
+
+
+def _ensure_dir(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create output directory {directory}: {exc.strerror or exc}. Choose a writable "
+            "path."
+        ) from exc
+    if not os.access(directory, os.W_OK):
+        raise ConfigError(f"output directory {directory} is not writable. Choose a writable path.")
+
+
+@contextlib.contextmanager
+def atomic_dir(
+    final: str | os.PathLike[str], *, overwrite: bool = True, kind: str = "output"
+) -> Iterator[Path]:
+    """Yield a temporary directory next to ``final``; on success it is marked as lcc_lens's own
+    (``kind``) and replaces ``final``.
+
+    ``final`` may be replaced only when it is absent, empty, lcc_lens's own or inside its cache
+    (:func:`check_replaceable`, checked before anything is written); with ``overwrite=False`` any
+    non-empty ``final`` is refused. On any exception the temporary directory is removed and ``final``
+    is left untouched.
     """
     final = Path(final)
-    ensure_writable_dir(final.parent / "x.tmp")
-    if final.exists() and not overwrite:
-        raise LccError(f"{final} already exists. Remove it or pass overwrite=True.")
+    _ensure_dir(final.parent)
+    if not overwrite and final.exists() and (not final.is_dir() or any(final.iterdir())):
+        raise ConfigError(f"{final} already exists. Choose another path or allow overwriting.")
+    check_replaceable(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    tmp.chmod(0o755)
     try:
+        tmp.chmod(0o755)
         yield tmp
+        mark_owned(tmp, kind)
+        check_replaceable(final)  # it may have changed while we were writing
+        if final.exists():
+            backup = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")
+            final.rename(backup)
+            tmp.rename(final)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            tmp.rename(final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if final.exists():
-        backup = final.with_name(f".{final.name}.old")
-        shutil.rmtree(backup, ignore_errors=True)
-        final.rename(backup)
-        tmp.rename(final)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        tmp.rename(final)
 
 
 @contextlib.contextmanager
 def atomic_file(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; ``os.replace`` it into place on success."""
-    final = Path(final)
-    ensure_writable_dir(final)
+    final = ensure_parent_dir(final)
     fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
+        os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, final)
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,15 +24,47 @@ from torch import Tensor, nn
 
 from lcc_lens import __version__
 from lcc_lens.atomic import atomic_file
-from lcc_lens.diff import HOOK_Z, hook_z_name
 from lcc_lens.errors import CompensationFileError, ConfigError
+from lcc_lens.hooks import HOOK_Z, per_layer_hooks, temporary_hooks
 from lcc_lens.models import HeadGeometry
 from lcc_lens.types import ZOffsets
 
 logger = logging.getLogger(__name__)
 
 Init = Literal["zeros", "lost_component"]
+INITS: tuple[Init, ...] = ("zeros", "lost_component")
 COMPENSATION_FILE = "compensation.safetensors"
+
+
+@dataclass(frozen=True)
+class CompensationConfig:
+    """The shape of a compensation: rank of the lost subspace, which parts train, how it starts."""
+
+    k: int = field(
+        default=1, metadata={"help": "rank K of each head's lost subspace V (directions per head)"}
+    )
+    use_directions: bool = field(
+        default=True, metadata={"help": "train beta over the lost directions (c = V^T beta + b)"}
+    )
+    use_bias: bool = field(
+        default=True, metadata={"help": "train the free per-head vector b (c = V^T beta + b)"}
+    )
+    init: Init = field(
+        default="zeros",
+        metadata={"help": "start from zero offsets or from the training-free lost components"},
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ConfigError(f"k must be an integer >= 1, got {self.k!r}.")
+        if self.init not in INITS:
+            raise ConfigError(f"init {self.init!r}; choose one of {INITS}.")
+        if not (self.use_directions or self.use_bias):
+            raise ConfigError(
+                "at least one of use_directions / use_bias must be true (nothing would train)."
+            )
+        if self.init == "lost_component" and not self.use_bias:
+            raise ConfigError("init 'lost_component' sets b, so it needs use_bias=true.")
 
 
 class Compensation(nn.Module):
@@ -121,12 +153,26 @@ class Compensation(nn.Module):
             return []
         layers = sorted({lay for lay, _ in self.selected_heads()})
 
-        def add_offset(z: Tensor, *, hook) -> Tensor:
-            layer = int(hook.name.split(".")[1])
-            offsets = self.z_offsets()[layer]
-            return z + offsets.to(device=z.device, dtype=z.dtype)
+        def make(layer: int) -> Callable[..., Tensor]:
+            # only this layer's heads: the same ops in the same order as head_offsets / z_offsets
+            # (zeros + V^T beta + b, scattered into zeros), without rebuilding every layer's offsets
+            idx = (self.heads[:, 0] == layer).nonzero().flatten()
+            cols = self.heads[idx, 1]
 
-        return [(hook_z_name(layer), add_offset) for layer in layers]
+            def add_offset(z: Tensor, *, hook: Any) -> Tensor:
+                rows = torch.zeros(len(idx), self.geometry.d_head, device=self.bias.device)
+                if self.use_directions:
+                    rows = rows + torch.einsum("nk,nkd->nd", self.beta[idx], self.directions[idx])
+                if self.use_bias:
+                    rows = rows + self.bias[idx]
+                off = torch.zeros(
+                    self.geometry.n_heads, self.geometry.d_head, device=rows.device
+                ).index_put((cols,), rows)
+                return z + off.to(device=z.device, dtype=z.dtype)
+
+            return add_offset
+
+        return per_layer_hooks(make, layers)
 
     @contextlib.contextmanager
     def attach(self, bridge) -> Iterator[Any]:
@@ -139,7 +185,7 @@ class Compensation(nn.Module):
                 f"the model has {g.n_layers}x{g.n_heads} of d_head {g.d_head}."
             )
         self.to(next(bridge.parameters()).device)
-        with bridge.hooks(fwd_hooks=self.fwd_hooks()):
+        with temporary_hooks(bridge, fwd_hooks=self.fwd_hooks()):
             yield bridge
 
     # ---- persistence --------------------------------------------------------------------------
@@ -174,7 +220,13 @@ class Compensation(nn.Module):
     def load(cls, path: str | os.PathLike[str]) -> Compensation:
         """Read a file written by :meth:`save`, validating shapes and values."""
         tensors, meta = read_compensation_file(path)
-        g = HeadGeometry(**json.loads(meta["geometry"]))
+        recorded = recorded_geometry(meta, path)
+        if recorded is None:
+            raise CompensationFileError(
+                f"{path}: its metadata records no 'geometry'; it holds offsets only. Load them with "
+                "load_z_offsets, or re-export the compensation with lcc_lens."
+            )
+        g = recorded
         n = tensors["heads"].shape[0]
         d = g.d_head
         expect = {"beta": (n, d), "bias": (n, d), "directions": (n, d, d)}
@@ -241,9 +293,9 @@ def read_compensation_file(
             f"{path} has no 'z_offsets' tensor; it is not an lcc_lens compensation."
         )
     z = tensors["z_offsets"]
-    if "geometry" in meta:
-        g = json.loads(meta["geometry"])
-        expected = (g["n_layers"], g["n_heads"], g["d_head"])
+    g = recorded_geometry(meta, path)
+    if g is not None:
+        expected = (g.n_layers, g.n_heads, g.d_head)
         if tuple(z.shape) != expected:
             raise CompensationFileError(
                 f"{path}: z_offsets has shape {tuple(z.shape)} but the recorded model has "
@@ -264,6 +316,25 @@ def read_compensation_file(
     return tensors, meta
 
 
+def recorded_geometry(meta: dict[str, str], path: str | os.PathLike[str]) -> HeadGeometry | None:
+    """The model geometry a compensation file's metadata records, or None when it records none."""
+    if "geometry" not in meta:
+        return None
+    try:
+        g = HeadGeometry(**json.loads(meta["geometry"]))
+        shape = (g.n_layers, g.n_heads, g.n_kv_heads, g.d_head, g.d_model, g.d_vocab)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
+            raise TypeError("sizes must be positive integers")
+        if not isinstance(g.architecture, str):
+            raise TypeError("architecture must be a string")
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise CompensationFileError(
+            f"{path}: corrupt metadata: 'geometry' is not a valid model geometry ({exc}). The file "
+            "was damaged or not written by lcc_lens; re-export the compensation."
+        ) from None
+    return g
+
+
 def load_z_offsets(path: str | os.PathLike[str], geometry: HeadGeometry | None = None) -> ZOffsets:
     """Just the validated offsets of a compensation file, optionally checked against a model's geometry."""
     tensors, _ = read_compensation_file(path)
@@ -275,8 +346,3 @@ def load_z_offsets(path: str | os.PathLike[str], geometry: HeadGeometry | None =
                 f"{path}: z_offsets {tuple(z.shape)} does not fit this model {list(expected)}."
             )
     return z
-
-
-def offsets_norm(offsets: ZOffsets) -> float:
-    """Frobenius norm of all offsets, for logging."""
-    return math.sqrt(float(offsets.double().square().sum()))

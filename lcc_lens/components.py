@@ -7,6 +7,7 @@ directions the pruned head lost, zero-padded to d_head rows when N < d_head.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -16,14 +17,16 @@ from pathlib import Path
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from lcc_lens import __version__
 from lcc_lens.atomic import atomic_file
+from lcc_lens.cache import cache_root
 from lcc_lens.diff import DiffConfig, HeadDiff, head_diffs, prompts_fingerprint
 from lcc_lens.errors import ConfigError
-from lcc_lens.models import ModelPair, cache_root
+from lcc_lens.models import HeadGeometry, ModelPair
 from lcc_lens.types import ZOffsets
 
 logger = logging.getLogger(__name__)
@@ -77,11 +80,20 @@ def lost_components(
     return LostComponents(comp.float(), directions.float(), spectrum.float(), k, n)
 
 
+CACHE_FORMAT = "lcc_lens.components/2"
+"""Tag of a components cache entry: lost components and the whole HeadDiff, in one safetensors file."""
+
+
 def components_cache_key(
-    pair: ModelPair, prompts: Sequence[str], config: DiffConfig, k: int, masks=None
+    pair: ModelPair,
+    prompts: Sequence[str],
+    config: DiffConfig,
+    k: int,
+    masks: Sequence[Sequence[int]] | None = None,
 ) -> str:
-    """Content key: both models' weights, the prompts (and masks), the diff config, K and the version."""
+    """Content key: both models' weights, the prompts (and masks), the diff config, K and the format."""
     payload = {
+        "format": CACHE_FORMAT,
         "dense": weights_fingerprint(pair.dense),
         "pruned": weights_fingerprint(pair.pruned),
         "prompts": prompts_fingerprint(prompts, masks),
@@ -92,22 +104,86 @@ def components_cache_key(
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
-_WEIGHT_FP: dict[int, tuple[int, str]] = {}
-
-
 def weights_fingerprint(module: torch.nn.Module) -> str:
-    """Hash of every parameter's bytes (deduplicated, by name): identifies a pruned model by content."""
-    version = sum(p._version for p in module.parameters())
-    cached = _WEIGHT_FP.get(id(module))
-    if cached is not None and cached[0] == version:
-        return cached[1]
-    h = hashlib.sha256()
-    for name, p in sorted(module.named_parameters(), key=lambda kv: kv[0]):
-        h.update(name.encode())
-        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
-    fp = h.hexdigest()[:20]
-    _WEIGHT_FP[id(module)] = (version, fp)
-    return fp
+    """Hash of every parameter's bytes, dtype and shape (by name): identifies a model by content.
+
+    Always computed from the current content (no memo keyed on the module's identity or version counter,
+    which in-place edits through ``.data`` do not bump); blake2b reads CPU bytes without a copy.
+    A bridge hashes as the HF model it wraps; parameters offloaded by an accelerate device map (``meta``
+    placeholders) are brought to the CPU one module at a time.
+    """
+    module = getattr(module, "original_model", module)  # a bridge: hash the HF model it wraps
+    digests: dict[str, str] = {}
+    for module_name, sub in module.named_modules():
+        own = list(sub.named_parameters(recurse=False))
+        if not own:
+            continue
+        with _on_cpu_if_offloaded(sub, own):
+            for name, p in sub.named_parameters(recurse=False):
+                t = p.detach().contiguous()
+                if t.device.type != "cpu":
+                    t = t.cpu()
+                h = hashlib.blake2b(f"{t.dtype}|{tuple(t.shape)}".encode(), digest_size=16)
+                h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+                digests[f"{module_name}.{name}" if module_name else name] = h.hexdigest()
+    total = hashlib.blake2b(digest_size=16)
+    for name in sorted(digests):
+        total.update(f"{name}|{digests[name]}".encode())
+    return total.hexdigest()[:20]
+
+
+def _on_cpu_if_offloaded(
+    sub: torch.nn.Module, params: Sequence[tuple[str, torch.nn.Parameter]]
+) -> contextlib.AbstractContextManager[object]:
+    if not any(p.device.type == "meta" for _, p in params):
+        return contextlib.nullcontext()
+    from accelerate.utils import align_module_device
+
+    return align_module_device(sub, torch.device("cpu"))
+
+
+_DIFF_TENSORS = ("samples", "dz_norm", "dense_norm", "cosine", "mean_dz")
+
+
+def _save_entry(path: Path, lc: LostComponents, diff: HeadDiff) -> None:
+    tensors = {
+        "components": lc.components,
+        "directions": lc.directions,
+        "singular_values": lc.singular_values,
+        **{f"diff.{name}": getattr(diff, name) for name in _DIFF_TENSORS},
+    }
+    meta = {
+        "format": CACHE_FORMAT,
+        "k": lc.k,
+        "n_samples": lc.n_samples,
+        "n_positions": diff.n_positions,
+        "geometry": asdict(diff.geometry),
+        "config": asdict(diff.config),
+    }
+    with atomic_file(path) as tmp:
+        save_file(
+            {name: t.contiguous() for name, t in tensors.items()},
+            str(tmp),
+            metadata={"lcc_lens": json.dumps(meta)},
+        )
+
+
+def _load_entry(path: Path) -> tuple[LostComponents, HeadDiff]:
+    with safe_open(str(path), framework="pt") as fh:
+        meta = json.loads((fh.metadata() or {})["lcc_lens"])
+        t = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118
+    if meta.get("format") != CACHE_FORMAT:
+        raise ValueError(f"format {meta.get('format')!r}")
+    lc = LostComponents(
+        t["components"], t["directions"], t["singular_values"], meta["k"], meta["n_samples"]
+    )
+    diff = HeadDiff(
+        **{name: t[f"diff.{name}"] for name in _DIFF_TENSORS},
+        n_positions=int(meta["n_positions"]),
+        geometry=HeadGeometry(**meta["geometry"]),
+        config=DiffConfig(**meta["config"]),
+    )
+    return lc, diff
 
 
 def cached_lost_components(
@@ -118,39 +194,25 @@ def cached_lost_components(
     *,
     masks: Sequence[Sequence[int]] | None = None,
     cache_dir: str | Path | None = None,
-) -> tuple[LostComponents, HeadDiff | None]:
-    """Lost components from the on-disk cache when the content key matches, else computed and stored.
-
-    Returns the components and the HeadDiff (None when read from the cache).
+) -> tuple[LostComponents, HeadDiff]:
+    """Lost components and the head diffs they came from: read from the on-disk cache when the content
+    key matches, else computed and stored (both together, so a cache hit loses nothing).
     """
     key = components_cache_key(pair, prompts, config, k, masks)
     root = Path(cache_dir) if cache_dir else cache_root() / "components"
     path = root / f"{key}.safetensors"
     if path.is_file():
         try:
-            t = load_file(str(path))
-            logger.info("lost components read from cache %s", path)
-            meta = json.loads((root / f"{key}.json").read_text())
-            return (
-                LostComponents(
-                    t["components"], t["directions"], t["singular_values"], k, meta["n_samples"]
-                ),
-                None,
-            )
+            lc, diff = _load_entry(path)
+            logger.info("lost components and head diffs read from cache %s", path)
+            return lc, diff
         except Exception as exc:  # a corrupt cache entry is recomputed, not trusted
             logger.warning("ignoring unreadable cache entry %s: %s", path, exc)
     diff = head_diffs(pair, prompts, config, masks=masks)
     lc = lost_components(diff.samples, k)
-    root.mkdir(parents=True, exist_ok=True)
-    with atomic_file(root / f"{key}.json") as tmp:
-        tmp.write_text(json.dumps({"n_samples": lc.n_samples, "k": k, "config": asdict(config)}))
-    with atomic_file(path) as tmp:
-        save_file(
-            {
-                "components": lc.components.contiguous(),
-                "directions": lc.directions.contiguous(),
-                "singular_values": lc.singular_values.contiguous(),
-            },
-            str(tmp),
-        )
+    from lcc_lens.distributed import context
+
+    if context().is_main:  # every rank computed the same result; one writes it
+        root.mkdir(parents=True, exist_ok=True)
+        _save_entry(path, lc, diff)
     return lc, diff

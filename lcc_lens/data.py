@@ -1,237 +1,268 @@
-"""Training and probing data: instruction (Alpaca) data, task data, plain text, and the offline default.
+"""One data-source specification for a whole run: calibration, fitting, probing and evaluation text.
 
-Every example is a (prompt, response) pair; a template renders the prompt and the response tokens are the
-only ones the LM objective scores. Task examples also carry their wrong answers, which contrastive probing
-uses as negatives.
+:class:`DataConfig` and :func:`fit_data` choose every text a run uses, once, and record the domains of each
+role (leave-one-domain-out: the test domain is never used for pruning calibration or fitting; a separate
+validation domain chooses defaults). Examples and their encoding live in :mod:`lcc_lens.examples` (their
+names are re-exported here).
 """
 
 from __future__ import annotations
 
-import logging
-import random
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-import torch
-
-from lcc_lens.corpora import passages
+from lcc_lens.corpora import DOMAINS, SOURCES, check_domains, passages, split_documents
 from lcc_lens.errors import DataError
-
-logger = logging.getLogger(__name__)
-
-Template = Literal["alpaca", "plain"]
-
-ALPACA_WITH_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+from lcc_lens.examples import (
+    ALPACA_NO_INPUT,
+    ALPACA_WITH_INPUT,
+    CORPORA_SPECS,
+    Encoded,
+    Example,
+    Targets,
+    Template,
+    collate,
+    continuation_examples,
+    encode,
+    load_examples,
+    render_alpaca,
+    split_examples,
+    text_file_passages,
 )
-ALPACA_NO_INPUT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the "
-    "request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
-)
+
+__all__ = [
+    "ALPACA_NO_INPUT",
+    "ALPACA_WITH_INPUT",
+    "CORPORA_SPECS",
+    "DataConfig",
+    "Encoded",
+    "EvalRole",
+    "Example",
+    "FitData",
+    "Targets",
+    "Template",
+    "collate",
+    "continuation_examples",
+    "domain_eval_texts",
+    "encode",
+    "fit_data",
+    "load_examples",
+    "render_alpaca",
+    "split_examples",
+    "text_file_passages",
+]
+
+EvalRole = Literal["test", "validation", "in_domain"]
 
 
 @dataclass(frozen=True)
-class Example:
-    """A rendered prompt, its correct response and (task data only) wrong responses."""
+class DataConfig:
+    """Which text a run uses for each role, and how much (see :func:`fit_data`).
 
-    prompt: str
-    response: str
-    negatives: tuple[str, ...] = field(default=())
+    Leave-one-domain-out: ``test_domain`` is never used for pruning calibration, fitting or choosing
+    defaults; ``validation_domain`` (never the test domain) is the out-of-domain text that chooses them.
+    """
 
+    source: str = field(
+        default="corpora",
+        metadata={
+            "help": "fit examples: 'corpora' (the shipped domains; 'offline' is an alias), a "
+            ".json/.jsonl/.csv file of records, a .txt file (one document), or a hub dataset name"
+        },
+    )
+    calibration_domains: tuple[str, ...] = field(
+        default=SOURCES,
+        metadata={"help": f"corpora domains for pruning calibration (from {DOMAINS})"},
+    )
+    fit_domains: tuple[str, ...] = field(
+        default=SOURCES,
+        metadata={"help": f"corpora domains for fitting, diffs and probing (from {DOMAINS})"},
+    )
+    validation_domain: str = field(
+        default="dialogue",
+        metadata={"help": "out-of-domain text that chooses defaults (never the test domain)"},
+    )
+    test_domain: str = field(
+        default="speeches",
+        metadata={"help": "held-out domain of the headline figure, never calibrated or fitted on"},
+    )
+    n_train: int = field(default=256, metadata={"help": "fit examples (prompt + continuation)"})
+    val_fraction: float = field(
+        default=0.125, metadata={"help": "in-domain validation examples as a fraction of n_train"}
+    )
+    n_diff_prompts: int = field(
+        default=128, metadata={"help": "prompts for the dense-minus-pruned activation differences"}
+    )
+    n_probe: int = field(default=128, metadata={"help": "examples for probing head importance"})
+    prompt_fraction: float = field(
+        default=0.4, metadata={"help": "share of a passage (in characters) that forms the prompt"}
+    )
+    min_chars: int = field(default=200, metadata={"help": "shortest passage, characters"})
+    max_chars: int = field(default=500, metadata={"help": "longest passage, characters"})
+    targets: Targets = field(
+        default="response",
+        metadata={
+            "help": "tokens the fit objective scores: 'response' (the continuation) or 'all' (every "
+            "next token of prompt + continuation; what distillation on whole passages uses)"
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "seed of every sample drawn"})
 
-@dataclass(frozen=True)
-class Encoded:
-    """Token ids of prompt + response and a 0/1 mask of the response tokens."""
+    def __post_init__(self) -> None:
+        from lcc_lens.errors import ConfigError
 
-    input_ids: list[int]
-    response_mask: list[int]
+        if self.targets not in ("response", "all"):
+            raise ConfigError(f"targets must be 'response' or 'all', got {self.targets!r}.")
 
-
-def render_alpaca(instruction: str, input_text: str = "") -> str:
-    if input_text and input_text.strip():
-        return ALPACA_WITH_INPUT.format(instruction=instruction.strip(), input=input_text.strip())
-    return ALPACA_NO_INPUT.format(instruction=instruction.strip())
-
-
-def _from_records(records: Sequence[dict], source: str) -> list[Example]:
-    if not records:
-        raise DataError(f"{source} holds no records; give a file with at least one example.")
-    keys = set(records[0])
-    out: list[Example] = []
-    if {"instruction", "output"} <= keys:
-        for r in records:
-            out.append(
-                Example(
-                    render_alpaca(str(r["instruction"]), str(r.get("input") or "")),
-                    str(r["output"]),
-                )
+        try:
+            for name in ("calibration_domains", "fit_domains"):
+                object.__setattr__(self, name, check_domains(getattr(self, name)))
+            check_domains((self.validation_domain, self.test_domain))
+        except DataError as exc:
+            raise ConfigError(str(exc)) from None
+        if self.test_domain in (*self.calibration_domains, *self.fit_domains):
+            raise ConfigError(
+                f"test_domain {self.test_domain!r} is also a calibration or fit domain; the headline "
+                "must be out of domain. Choose another test_domain or drop it from the others."
             )
-    elif {"question", "choices"} <= keys and ({"answer"} & keys or {"label"} & keys):
-        for r in records:
-            choices = [str(c) for c in r["choices"]]
-            label = r.get("label", r.get("answer"))
-            idx = choices.index(str(label)) if not isinstance(label, int) else int(label)
-            if not 0 <= idx < len(choices):
-                raise DataError(f"{source}: answer index {idx} outside the {len(choices)} choices.")
-            prompt = f"Question: {str(r['question']).strip()}\nAnswer:"
-            wrong = tuple(f" {c}" for i, c in enumerate(choices) if i != idx)
-            out.append(Example(prompt, f" {choices[idx]}", wrong))
-    elif {"question", "answer"} <= keys:
-        for r in records:
-            ans = r["answer"]
-            yes = ans if isinstance(ans, bool) else str(ans).strip().lower() in {"yes", "true", "1"}
-            prompt = f"{str(r.get('passage', '')).strip()}\nQuestion: {str(r['question']).strip()}?\nAnswer:".lstrip()
-            out.append(Example(prompt, " yes" if yes else " no", (" no" if yes else " yes",)))
-    elif {"prompt", "response"} <= keys:
-        out = [Example(str(r["prompt"]), str(r["response"])) for r in records]
-    elif "text" in keys:
-        out = continuation_examples([str(r["text"]) for r in records])
-    else:
-        raise DataError(
-            f"{source}: unrecognised columns {sorted(keys)}. Expected instruction/input/output (Alpaca), "
-            "question/choices/answer (multiple choice), question/answer (yes/no), prompt/response or text."
-        )
-    out = [e for e in out if e.response.strip()]
-    if not out:
-        raise DataError(f"{source}: every example has an empty response.")
-    return out
+        if self.validation_domain == self.test_domain:
+            raise ConfigError(
+                f"validation_domain equals test_domain ({self.test_domain!r}); choose another."
+            )
+        for name in ("n_train", "n_diff_prompts", "n_probe", "min_chars"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.max_chars < self.min_chars:
+            raise ConfigError(
+                f"max_chars ({self.max_chars}) must be >= min_chars ({self.min_chars})."
+            )
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}.")
+        if not 0 < self.prompt_fraction < 1:
+            raise ConfigError(f"prompt_fraction must be in (0, 1), got {self.prompt_fraction}.")
+
+    @property
+    def uses_corpora(self) -> bool:
+        return self.source in CORPORA_SPECS
 
 
-def continuation_examples(texts: Sequence[str], prompt_fraction: float = 0.5) -> list[Example]:
-    """Split each text at a word boundary near ``prompt_fraction``: the continuation is the response."""
-    out = []
-    for t in texts:
-        t = t.strip()
-        if len(t) < 20:
-            continue
-        cut = t.rfind(" ", 0, max(1, int(len(t) * prompt_fraction)))
-        cut = cut if cut > 0 else len(t) // 2
-        out.append(Example(t[:cut], t[cut:]))
-    return out
+@dataclass(frozen=True)
+class FitData:
+    """Every prompt / text set one run uses, chosen once, with the domain of each role recorded.
 
-
-def load_examples(
-    spec: str, *, split: str = "train", n: int | None = None, seed: int = 0
-) -> list[Example]:
-    """Examples from a data spec.
-
-    ``offline``: continuations of real text from the shipped corpora ("fit" split for train, "validation"
-    for validation); a ``.json``/``.jsonl``/``.csv``/``.txt`` path; ``alpaca`` (tatsu-lab/alpaca, online);
-    or any hub dataset name with Alpaca-style or task columns (online).
+    ``calibration``: documents for pruning calibration; ``train`` / ``validation``: fit examples and
+    in-domain validation examples; ``diff_prompts``: prompts for the activation differences; ``probe``:
+    examples for probing; ``fit_passages``: the passages the fit examples were cut from (build other
+    probe items from these); ``eval_texts``: domain -> held-out documents; ``eval_roles``: domain ->
+    ``"test"`` (the headline, out of domain), ``"validation"`` (out of domain, chooses defaults) or
+    ``"in_domain"`` (test split of a fit domain); ``domains``: role -> domains.
     """
-    if spec == "offline":
-        corpus_split = "fit" if split == "train" else "validation"
-        texts = passages(corpus_split, n or 256, min_chars=200, max_chars=500, seed=seed)
-        return continuation_examples(texts, prompt_fraction=0.4)
-    path = Path(spec)
-    if path.suffix in {".json", ".jsonl", ".csv", ".txt"} or path.exists():
-        if not path.is_file():
-            raise DataError(f"data file {path} does not exist.")
-        if path.stat().st_size == 0:
-            raise DataError(f"data file {path} is empty; give at least one example.")
-        examples = _load_file(path)
-    else:
-        examples = _load_hub(spec, split)
-    if n is not None and len(examples) > n:
-        rng = random.Random(seed)
-        examples = rng.sample(examples, n)
-    return examples
+
+    config: DataConfig
+    calibration: tuple[str, ...]
+    train: tuple[Example, ...]
+    validation: tuple[Example, ...]
+    diff_prompts: tuple[str, ...]
+    probe: tuple[Example, ...]
+    fit_passages: tuple[str, ...]
+    eval_texts: Mapping[str, tuple[str, ...]]
+    eval_roles: Mapping[str, EvalRole]
+    domains: Mapping[str, tuple[str, ...]]
+
+    def describe(self) -> dict[str, Any]:
+        """What a report records: domains per role, sizes and content hashes."""
+        h = hashlib.sha256()
+        for ex in self.train:
+            h.update(ex.prompt.encode() + b"\0" + ex.response.encode() + b"\1")
+        return {
+            "source": self.config.source,
+            "domains": {k: list(v) for k, v in self.domains.items()},
+            "eval_roles": dict(self.eval_roles),
+            "n_calibration_documents": len(self.calibration),
+            "n_train": len(self.train),
+            "n_validation": len(self.validation),
+            "n_diff_prompts": len(self.diff_prompts),
+            "n_probe": len(self.probe),
+            "eval_documents": {d: len(v) for d, v in self.eval_texts.items()},
+            "eval_chars": {d: sum(map(len, v)) for d, v in self.eval_texts.items()},
+            "train_sha256": h.hexdigest()[:16],
+        }
 
 
-def _load_file(path: Path) -> list[Example]:
-    if path.suffix == ".txt":
-        text = path.read_text(encoding="utf-8", errors="replace")
-        paras = [p for p in text.split("\n\n") if len(p.strip()) >= 20]
-        if not paras:
-            raise DataError(f"{path} holds no paragraph of 20+ characters.")
-        return continuation_examples(paras)
-    import datasets
+def domain_eval_texts(domain: str, role: EvalRole) -> tuple[str, ...]:
+    """Held-out documents of ``domain`` for an evaluation role.
 
-    kind = "csv" if path.suffix == ".csv" else "json"
-    try:
-        ds = datasets.load_dataset(kind, data_files=str(path.resolve()), split="train")
-    except Exception as exc:  # datasets raises many types for malformed files
-        raise DataError(
-            f"cannot parse {path} as {kind.upper()}: {exc}. Fix the file's syntax."
-        ) from exc
-    return _from_records(list(ds), str(path))
-
-
-def _load_hub(name: str, split: str) -> list[Example]:
-    import datasets
-
-    hub = {"alpaca": "tatsu-lab/alpaca"}.get(name, name)
-    try:
-        ds = datasets.load_dataset(hub, split=split)
-    except Exception as exc:
-        raise DataError(
-            f"cannot load dataset {hub!r} ({type(exc).__name__}: {exc}). Offline, pass 'offline' or a local "
-            "JSON/JSONL/CSV/TXT file."
-        ) from exc
-    return _from_records(list(ds), hub)
-
-
-def split_examples(
-    examples: Sequence[Example], val_fraction: float, seed: int
-) -> tuple[list[Example], list[Example]]:
-    """Seeded train/validation split (at least one validation example when there are two or more)."""
-    items = list(examples)
-    random.Random(seed).shuffle(items)
-    n_val = max(1, round(len(items) * val_fraction)) if len(items) > 1 and val_fraction > 0 else 0
-    return items[n_val:], items[:n_val]
-
-
-def encode(tokenizer, examples: Sequence[Example], max_length: int) -> list[Encoded]:
-    """Tokenize prompt + response; the mask marks response tokens. Truncates at ``max_length``.
-
-    Raises DataError when no example keeps a response token (e.g. prompts longer than max_length).
+    The test and in-domain roles score the domain's ``test`` split; the out-of-domain validation role
+    scores every other split of its domain (none of it is fitted on, and the test split stays unseen).
     """
-    out: list[Encoded] = []
-    dropped = 0
-    for ex in examples:
-        p_ids = tokenizer(ex.prompt, add_special_tokens=True)["input_ids"]
-        full = tokenizer(ex.prompt + ex.response, add_special_tokens=True)["input_ids"]
-        n_prompt = _common_prefix(p_ids, full)
-        full = full[:max_length]
-        mask = [0] * min(n_prompt, len(full)) + [1] * max(0, len(full) - n_prompt)
-        if sum(mask) == 0 or n_prompt == 0:
-            dropped += 1
-            continue
-        out.append(Encoded(full, mask))
-    if not out:
-        raise DataError(
-            f"no example has response tokens within max_length={max_length}: the template or prompt "
-            "leaves nothing to train on. Raise --max-length or shorten the prompts."
+    splits = ("test",) if role != "validation" else ("calibration", "fit", "validation")
+    return tuple(d.text for s in splits for d in split_documents(s, (domain,)))  # type: ignore[arg-type]
+
+
+def fit_data(cfg: DataConfig, seed: int | None = None) -> FitData:
+    """Choose every text a run uses (``seed`` overrides ``cfg.seed``), once, deterministically."""
+    seed = cfg.seed if seed is None else seed
+    n_val = max(1, round(cfg.n_train * cfg.val_fraction)) if cfg.val_fraction > 0 else 0
+    if cfg.uses_corpora:
+        fit_passages = passages(
+            "fit",
+            cfg.n_train,
+            min_chars=cfg.min_chars,
+            max_chars=cfg.max_chars,
+            seed=seed,
+            sources=cfg.fit_domains,
         )
-    if dropped:
-        logger.warning("dropped %d of %d examples with no response tokens", dropped, len(examples))
-    return out
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def collate(
-    batch: Sequence[Encoded], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded (input_ids, attention_mask, response_mask) tensors."""
-    width = max(len(e.input_ids) for e in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(batch), width), dtype=torch.long)
-    resp = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, e in enumerate(batch):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        attn[i, :n] = 1
-        resp[i, :n] = torch.tensor(e.response_mask)
-    return ids, attn, resp
+        train = continuation_examples(fit_passages, cfg.prompt_fraction)
+        val_passages = (
+            passages(
+                "validation",
+                n_val,
+                min_chars=cfg.min_chars,
+                max_chars=cfg.max_chars,
+                seed=seed,
+                sources=cfg.fit_domains,
+            )
+            if n_val
+            else []
+        )
+        validation = continuation_examples(val_passages, cfg.prompt_fraction)
+        fit_domains = cfg.fit_domains
+    else:
+        examples = load_examples(cfg.source, n=cfg.n_train + n_val, seed=seed)
+        train, validation = split_examples(examples, n_val / max(1, len(examples)), seed)
+        fit_passages = [e.prompt + e.response for e in train]
+        fit_domains = (cfg.source,)
+    if not train:
+        raise DataError(f"data source {cfg.source!r} gave no training example.")
+    eval_texts: dict[str, tuple[str, ...]] = {}
+    roles: dict[str, EvalRole] = {}
+    for domain, role in (
+        (cfg.test_domain, "test"),
+        (cfg.validation_domain, "validation"),
+        *((d, "in_domain") for d in cfg.fit_domains if cfg.uses_corpora),
+    ):
+        if domain not in roles:
+            eval_texts[domain] = domain_eval_texts(domain, role)  # type: ignore[arg-type]
+            roles[domain] = role  # type: ignore[assignment]
+    if not cfg.uses_corpora and validation:
+        eval_texts[cfg.source] = tuple(e.prompt + e.response for e in validation)
+        roles[cfg.source] = "in_domain"
+    return FitData(
+        config=cfg,
+        calibration=tuple(d.text for d in split_documents("calibration", cfg.calibration_domains)),
+        train=tuple(train),
+        validation=tuple(validation),
+        diff_prompts=tuple(e.prompt for e in train[: cfg.n_diff_prompts]),
+        probe=tuple(train[: cfg.n_probe]),
+        fit_passages=tuple(fit_passages),
+        eval_texts=eval_texts,
+        eval_roles=roles,
+        domains={
+            "calibration": cfg.calibration_domains,
+            "fit": fit_domains,
+            "validation": (cfg.validation_domain,),
+            "test": (cfg.test_domain,),
+        },
+    )

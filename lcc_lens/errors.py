@@ -25,3 +25,29 @@ class DataError(LccError):
 
 class ConfigError(LccError):
     """A configuration value is out of range or inconsistent."""
+
+
+class CheckpointError(LccError):
+    """A training checkpoint is missing, malformed, from an older format or not lcc_lens's own."""
+
+
+class OwnershipError(LccError):
+    """An output path holds something lcc_lens did not write: it is never replaced or deleted."""
+
+
+class Interrupted(BaseException):
+    """Raised in the main thread on SIGTERM so that context managers remove temporary outputs.
+
+    A BaseException (like KeyboardInterrupt) so that ``except Exception`` blocks do not swallow it.
+    """
+
+
+BAD_INPUT_ERRORS: tuple[type[LccError], ...] = (
+    ConfigError,
+    DataError,
+    IncompatibleModelsError,
+    CompensationFileError,
+    CheckpointError,
+    OwnershipError,
+)
+"""Errors caused by what the user passed: the command line exits 2 for these, 1 for other LccErrors."""

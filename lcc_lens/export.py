@@ -5,13 +5,18 @@ so the exported checkpoint keeps the pruned model's weights (and zero pattern) e
 
 Routes, by the architecture of the pruned model:
 
-* ``same-class``: the HF class has an o_proj bias switch (Llama, Qwen3: ``attention_bias=True``). The switch
-  also adds q/k/v biases, which are set to zero (exact).
+* ``same-class``: the HF class has an o_proj bias switch (Llama, Qwen3, Gemma 3: ``attention_bias=True``).
+  The switch also adds q/k/v biases, which are set to zero (exact; in Gemma 3 the q/k biases would act
+  before the q/k norms, so only zero is exact, and zero is what is written). Gemma 3's sliding-window and
+  global layers, pre/post norms and tied embeddings are carried by its own class unchanged.
 * ``as-llama``: the class has no switch (Mistral, Qwen2). The checkpoint is written as ``LlamaForCausalLM``
   with ``attention_bias=True``: Qwen2's q/k/v biases are carried over, Mistral's are zero. Exact when no
   sliding window is active (Mistral ``sliding_window=None``, Qwen2 ``use_sliding_window=False``); otherwise
   export is refused with an explanation.
 * ``native``: the output projection already has a bias (GPT-2's ``c_proj``): the offsets are added to it.
+
+The first two routes write a local safetensors checkpoint shard by shard (:mod:`lcc_lens.export_shards`);
+otherwise the model is merged in memory.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -30,7 +36,7 @@ from lcc_lens import __version__
 from lcc_lens.atomic import atomic_dir
 from lcc_lens.compensation import COMPENSATION_FILE, Compensation, check_finite
 from lcc_lens.errors import ExportError
-from lcc_lens.models import describe, load_causal_lm
+from lcc_lens.models import describe, load_causal_lm, resolve_model_source
 from lcc_lens.types import ZOffsets
 
 if TYPE_CHECKING:
@@ -127,15 +133,15 @@ def route_for(model: PreTrainedModel) -> Route:
     )
 
 
-def with_output_bias(model: PreTrainedModel) -> tuple[PreTrainedModel, Route]:
-    """A model computing exactly the same function whose output projections have a bias parameter."""
+def exported_config(model: PreTrainedModel) -> tuple[Any, type, Route]:
+    """The config and class of the export of ``model`` (a real or ``meta`` model), and its route."""
     route = route_for(model)
     if route == "native":
-        return model, route
+        return model.config, type(model), route
     cfg_dict = model.config.to_dict()
     if route == "same-class":
         new_cfg = type(model.config).from_dict({**cfg_dict, "attention_bias": True})
-        cls = type(model)
+        cls: type = type(model)
     else:
         from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -145,6 +151,14 @@ def with_output_bias(model: PreTrainedModel) -> tuple[PreTrainedModel, Route]:
         new_cfg = LlamaConfig(**kw, attention_bias=True, mlp_bias=False)
         cls = LlamaForCausalLM
     new_cfg.architectures = [cls.__name__]
+    return new_cfg, cls, route
+
+
+def with_output_bias(model: PreTrainedModel) -> tuple[PreTrainedModel, Route]:
+    """A model computing exactly the same function whose output projections have a bias parameter."""
+    new_cfg, cls, route = exported_config(model)
+    if route == "native":
+        return model, route
     with torch.device("meta"):
         fresh = cls(new_cfg)
     state = model.state_dict()
@@ -227,6 +241,25 @@ def unmerge(model: PreTrainedModel, z_offsets: ZOffsets) -> PreTrainedModel:
     return model
 
 
+def _meta_model(source: Path) -> PreTrainedModel:
+    """The pruned model's structure on the ``meta`` device (no weights read)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(source, local_files_only=True)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def _streamable(source: str | os.PathLike[str]) -> Path | None:
+    """The local safetensors checkpoint directory of ``source``, if the shard-level export applies."""
+    path = Path(resolve_model_source(source))
+    if not path.is_dir() or not (
+        (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()
+    ):
+        return None
+    return path
+
+
 def export_checkpoint(
     pruned_source: str | os.PathLike[str],
     compensation: Compensation,
@@ -237,35 +270,66 @@ def export_checkpoint(
     model: PreTrainedModel | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> Path:
-    """Merge ``compensation`` into a fresh copy of the pruned checkpoint and save a plain HF directory.
+    """Merge ``compensation`` into a copy of the pruned checkpoint and save a plain HF directory.
 
     The directory holds the merged model (safetensors), config, tokenizer, ``compensation.safetensors``
     and ``lcc_export.json`` (route, identities, version). Written atomically: on any error nothing remains.
-    ``model``/``tokenizer`` may pass an already-loaded clean (never bridged) copy of the pruned model.
+    A local safetensors checkpoint on the ``same-class`` / ``as-llama`` routes is exported shard by shard
+    (:mod:`lcc_lens.export_shards`: weights copied byte for byte, peak memory one o_proj weight);
+    otherwise the model is loaded in fp32 and merged in memory. ``model``/``tokenizer`` may pass an
+    already-loaded clean (never bridged) copy of the pruned model (forces the in-memory export).
     """
     offsets = compensation.z_offsets().detach().float().cpu()
     check_finite(offsets)
-    if model is None or tokenizer is None:
-        model, tokenizer = load_causal_lm(pruned_source, dtype=torch.float32, device="cpu")
-    merged, route = merge(model, offsets)
+    stream = _streamable(pruned_source) if model is None else None
     identities = {"pruned": describe(pruned_source)}
     if dense_source is not None:
         identities["dense"] = describe(dense_source)
+    if stream is not None:
+        structure = _meta_model(stream)
+        _check_geometry(structure, offsets)
+        new_cfg, cls, route = exported_config(structure)
+    if stream is not None and route != "native":
+        new_cfg.dtype = getattr(structure.config, "dtype", None) or new_cfg.dtype
+        names = (type(structure).__name__, cls.__name__)
+        write = _shard_writer(stream, offsets, new_cfg)
+    else:
+        if model is None or tokenizer is None:
+            model, tokenizer = load_causal_lm(pruned_source, dtype=torch.float32, device="cpu")
+        merged, route = merge(model, offsets)
+        names = (type(model).__name__, type(merged).__name__)
+        write = _memory_writer(merged, tokenizer)
     info = {
         "lcc_lens_version": __version__,
         "route": route,
-        "source_architecture": type(model).__name__,
-        "exported_architecture": type(merged).__name__,
+        "writer": "shards" if stream is not None and route != "native" else "in-memory",
+        "source_architecture": names[0],
+        "exported_architecture": names[1],
         "n_selected_heads": compensation.n_selected,
         "models": identities,
         **(metadata or {}),
     }
     with atomic_dir(out_dir) as tmp:
-        merged.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        write(tmp)
         compensation.save(
             tmp / COMPENSATION_FILE, metadata={"models": identities, **(metadata or {})}
         )
         (tmp / "lcc_export.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
-    logger.info("exported merged checkpoint (%s route) to %s", route, out_dir)
+    logger.info("exported merged checkpoint (%s route, %s) to %s", route, info["writer"], out_dir)
     return Path(out_dir)
+
+
+def _shard_writer(source: Path, offsets: ZOffsets, config: Any) -> Callable[[Path], None]:
+    from lcc_lens.export_shards import write_sharded_export
+
+    return lambda tmp: write_sharded_export(source, tmp, offsets, config)
+
+
+def _memory_writer(
+    merged: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> Callable[[Path], None]:
+    def write(tmp: Path) -> None:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return write

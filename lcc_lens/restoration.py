@@ -24,10 +24,12 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from lcc_lens.compensation import Compensation
-from lcc_lens.diff import DiffConfig, HeadDiff, head_diffs
+from lcc_lens.diff import DiffAccumulator, DiffConfig, HeadDiff, diff_batches
 from lcc_lens.errors import ConfigError
+from lcc_lens.hooks import capture_z
 from lcc_lens.models import HeadGeometry, ModelPair
 
 logger = logging.getLogger(__name__)
@@ -78,7 +80,9 @@ def restoration_stats(
 ) -> RestorationStats:
     """Measure per-head restoration of ``compensation`` on held-out ``prompts``.
 
-    base: the uncompensated HeadDiff on the same prompts and config, when already computed (saves a pass).
+    One pass: per batch the dense model, the pruned model and the restored model (pruned with the
+    compensation attached) each run once. base: the uncompensated HeadDiff on the same prompts and config,
+    when already computed; then the pruned model's pass is skipped.
     """
     g = pair.geometry
     cg = compensation.geometry
@@ -88,10 +92,20 @@ def restoration_stats(
             f"pair has {g.n_layers}x{g.n_heads} (d_head {g.d_head}); pass the compensation fitted on this pair."
         )
     config = diff_config or DiffConfig()
-    if base is None:
-        base = head_diffs(pair, prompts, config)
-    with compensation.attach(pair.pruned):
-        restored = head_diffs(pair, prompts, config)
+    batches = diff_batches(pair.tokenizer, prompts, config, pair.device)
+    base_acc = None if base is not None else DiffAccumulator(g, config)
+    restored_acc = DiffAccumulator(g, config)
+    for batch in tqdm(batches, desc="restoration", unit="batch", leave=False):
+        dense = capture_z(pair.dense, batch.ids, batch.attn, batch.selected)
+        if base_acc is not None:
+            pruned = capture_z(pair.pruned, batch.ids, batch.attn, batch.selected)
+            base_acc.add(dense, pruned, batch.row_start)
+        with compensation.attach(pair.pruned):
+            restored_z = capture_z(pair.pruned, batch.ids, batch.attn, batch.selected)
+        restored_acc.add(dense, restored_z, batch.row_start)
+    if base_acc is not None:
+        base = base_acc.result()
+    restored = restored_acc.result()
     c = compensation.z_offsets().detach().float().cpu()  # [L, H, d]
     eps = 1e-12
     rel = restored.dz_norm / base.dz_norm.clamp_min(eps)

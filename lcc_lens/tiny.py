@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from lcc_lens.atomic import atomic_dir
-from lcc_lens.models import cache_root
+from lcc_lens.cache import cache_root
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-Layout = Literal["llama", "qwen2", "qwen3", "mistral", "gpt2"]
-LAYOUTS: tuple[Layout, ...] = ("llama", "qwen2", "qwen3", "mistral", "gpt2")
+Layout = Literal["llama", "qwen2", "qwen3", "mistral", "gpt2", "gemma3"]
+LAYOUTS: tuple[Layout, ...] = ("llama", "qwen2", "qwen3", "mistral", "gpt2", "gemma3")
 _VOCAB = 512
 
 
@@ -84,6 +84,15 @@ def tiny_config(layout: Layout, *, n_layers: int = 3, n_heads: int = 4, n_kv_hea
         return tf.Qwen3Config(head_dim=d_head, **common)
     if layout == "mistral":
         return tf.MistralConfig(head_dim=d_head, sliding_window=None, **common)
+    if layout == "gemma3":
+        # sliding-window layers then a global one, as in Gemma 3 (n_kv_heads is 1 there)
+        return tf.Gemma3TextConfig(
+            head_dim=d_head,
+            query_pre_attn_scalar=d_head,
+            sliding_window=4,
+            layer_types=["sliding_attention"] * (n_layers - 1) + ["full_attention"],
+            **{**common, "num_key_value_heads": 1, "tie_word_embeddings": True},
+        )
     if layout == "gpt2":
         return tf.GPT2Config(
             vocab_size=_VOCAB,
@@ -98,7 +107,10 @@ def tiny_config(layout: Layout, *, n_layers: int = 3, n_heads: int = 4, n_kv_hea
 
 
 def tiny_model(layout: Layout = "llama", *, seed: int = 0, **shape: int) -> PreTrainedModel:
-    """A randomly initialised tiny causal LM (fp32, eval mode); weights scaled up to be non-trivial."""
+    """A randomly initialised tiny causal LM (fp32, eval mode); weights scaled up to be non-trivial.
+
+    Gemma's norms multiply by (1 + w), so their 1-D weights get uniform(-0.5, 0.5) values to matter.
+    """
     from transformers import AutoModelForCausalLM
 
     cfg = tiny_config(layout, **shape)
@@ -110,6 +122,8 @@ def tiny_model(layout: Layout = "llama", *, seed: int = 0, **shape: int) -> PreT
                 p.normal_(0.0, 0.08)
             elif name.endswith("bias"):
                 p.normal_(0.0, 0.02)
+            elif layout == "gemma3":
+                p.uniform_(-0.5, 0.5)
     return model.eval()
 
 

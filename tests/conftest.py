@@ -1,12 +1,40 @@
-"""Shared fixtures: tiny dense/pruned checkpoints built in-process (no hub access)."""
+"""Shared fixtures: tiny dense/pruned checkpoints built in-process (no hub access), and hermetic caches.
+
+Every cache the suite could write (lcc_lens's own, Hugging Face hub/datasets/transformers, sentence-
+transformers, torch) points at one temporary directory made for the session and removed after it, so tests
+never read or write the user's ``~/.cache``. The slow real-model tests (``tests/slow``) use that temporary
+cache too (a fresh clone converts the embedded model once, about a minute) unless ``LCC_LENS_TEST_CACHE``
+names a directory: then they use it as their lcc_lens cache, so that repeated local runs reuse the converted
+model and cached prunes (e.g. ``LCC_LENS_TEST_CACHE=~/.cache/lcc_lens pytest tests/slow``).
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Set before anything imports huggingface_hub / datasets, which read these once at import time.
+_CACHE = tempfile.mkdtemp(prefix="lcc_lens_test_cache_")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+_CACHE_VARS = {
+    "LCC_LENS_CACHE": "lcc_lens",
+    "HF_HOME": "huggingface",
+    "HF_HUB_CACHE": "huggingface/hub",
+    "HF_DATASETS_CACHE": "huggingface/datasets",
+    "HF_MODULES_CACHE": "huggingface/modules",
+    "TRANSFORMERS_CACHE": "huggingface/hub",
+    "SENTENCE_TRANSFORMERS_HOME": "sentence_transformers",
+    "TORCH_HOME": "torch",
+}
+for _var, _sub in _CACHE_VARS.items():
+    os.environ[_var] = os.path.join(_CACHE, _sub)
+TEST_CACHE_ENV = "LCC_LENS_TEST_CACHE"
 
 from pathlib import Path  # noqa: E402
 
@@ -16,6 +44,15 @@ import torch  # noqa: E402
 from lcc_lens.tiny import save_tiny_checkpoint  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before each test's fixtures: slow tests get ``$LCC_LENS_TEST_CACHE`` when set, others the temp cache."""
+    chosen = os.environ.get(TEST_CACHE_ENV)
+    slow = item.get_closest_marker("slow") is not None
+    os.environ["LCC_LENS_CACHE"] = (
+        os.path.expanduser(chosen) if chosen and slow else os.path.join(_CACHE, "lcc_lens")
+    )
 
 
 def magnitude_prune_dir(src: Path, dst: Path, sparsity: float = 0.5) -> Path:

@@ -1,18 +1,11 @@
-"""Thin command-line entry points: parse arguments into a config, call the library, print a summary."""
+"""The ``lcc`` command line: subcommands under one config helper and one exit-code policy.
+
+:mod:`lcc_lens.cli.main` dispatches; :mod:`lcc_lens.cli.config` turns flags + YAML into frozen
+configs; :mod:`lcc_lens.cli.policy` holds logging, exit codes, the error printer and SIGTERM handling.
+"""
 
 from __future__ import annotations
 
-import logging
-import sys
+from lcc_lens.cli.policy import setup_logging
 
-
-def setup_logging(verbose: bool = False) -> None:
-    """Log to stderr at INFO (DEBUG with --verbose); quiet the chattier dependencies."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    for name in ("httpx", "urllib3", "datasets", "filelock", "sentence_transformers", "lm_eval"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+__all__ = ["setup_logging"]

@@ -1,4 +1,5 @@
-"""Evaluation: exact perplexity, lm-eval on in-memory models and checkpoints, the offline held-out suite,
+"""Evaluation: the one evaluation protocol (per-domain held-out NLL, gap closed, bootstrap intervals),
+exact perplexity, lm-eval on in-memory models and checkpoints, the offline held-out suite,
 and dense / pruned / restored comparison reports.
 
 lm-eval is imported only inside the functions that run it.
@@ -7,6 +8,7 @@ lm-eval is imported only inside the functions that run it.
 from __future__ import annotations
 
 from lcc_lens.evaluation.config import TASK_ALIASES, EvalConfig, ModelSpec, expand_tasks
+from lcc_lens.evaluation.gap import nll_gap_closed, ppl_gap_closed
 from lcc_lens.evaluation.harness import (
     PAPER_TASKS,
     PRIMARY_METRICS,
@@ -15,7 +17,15 @@ from lcc_lens.evaluation.harness import (
     primary_metric,
     task_manager,
 )
-from lcc_lens.evaluation.perplexity import PerplexityResult, perplexity, wikitext2_test_text
+from lcc_lens.evaluation.heldout_tasks import score_suite, task_gap_closed
+from lcc_lens.evaluation.perplexity import PerplexityResult, wikitext2_test_text
+from lcc_lens.evaluation.protocol import (
+    DomainScores,
+    GapEstimate,
+    ProtocolConfig,
+    ProtocolResult,
+    evaluate,
+)
 from lcc_lens.evaluation.report import (
     ModelResult,
     comparison_rows,
@@ -33,6 +43,15 @@ from lcc_lens.evaluation.suite import (
 )
 
 __all__ = [
+    "DomainScores",
+    "GapEstimate",
+    "ProtocolConfig",
+    "ProtocolResult",
+    "evaluate",
+    "nll_gap_closed",
+    "ppl_gap_closed",
+    "score_suite",
+    "task_gap_closed",
     "PAPER_TASKS",
     "PRIMARY_METRICS",
     "SUITE_TASKS",
@@ -52,7 +71,6 @@ __all__ = [
     "expand_tasks",
     "gap_closed",
     "markdown_table",
-    "perplexity",
     "primary_metric",
     "report_dict",
     "task_manager",

@@ -8,7 +8,7 @@ from pathlib import Path
 from lcc_lens.errors import ConfigError
 from lcc_lens.evaluation.harness import PAPER_TASKS
 from lcc_lens.evaluation.report import Role
-from lcc_lens.evaluation.suite import SUITE_TASKS
+from lcc_lens.evaluation.suite import MIN_ITEMS, SUITE_TASKS
 
 TASK_ALIASES: dict[str, tuple[str, ...]] = {
     "offline": SUITE_TASKS,
@@ -79,8 +79,11 @@ class EvalConfig:
             raise ConfigError(f"--limit must be positive, got {self.limit}.")
         if self.num_fewshot < 0:
             raise ConfigError(f"--num-fewshot must be >= 0, got {self.num_fewshot}.")
-        if self.suite_items is not None and self.suite_items < 2:
-            raise ConfigError(f"--suite-items must be >= 2, got {self.suite_items}.")
+        if self.suite_items is not None and self.suite_items < MIN_ITEMS:
+            raise ConfigError(
+                f"--suite-items must be >= {MIN_ITEMS} (a next-passage item needs three "
+                f"distractors from other items), got {self.suite_items}."
+            )
         if self.context_length is not None and self.context_length < 1:
             raise ConfigError(f"--context-length must be >= 1, got {self.context_length}.")
         if self.max_windows is not None and self.max_windows < 1:

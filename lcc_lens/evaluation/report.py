@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lcc_lens.errors import ConfigError
+from lcc_lens.evaluation.gap import gap_closed, oriented
 
 Role = Literal["dense", "pruned", "restored"]
 _NOT_METRICS = {"higher_is_better", "n_samples", "seconds"}
@@ -50,24 +51,6 @@ class ModelResult:
 def is_log_scale(metric: str) -> bool:
     """Perplexity-type metrics compare on log scale."""
     return "perplexity" in metric or metric == "ppl"
-
-
-def _oriented(value: float, higher_is_better: bool, log_scale: bool) -> float:
-    if log_scale:
-        if value <= 0:
-            raise ConfigError(f"a perplexity must be positive, got {value}.")
-        value = math.log(value)
-    return value if higher_is_better else -value
-
-
-def gap_closed(
-    dense: float, pruned: float, restored: float, *, higher_is_better: bool, log_scale: bool = False
-) -> float | None:
-    """Fraction of the dense-minus-pruned gap that ``restored`` closes (see module doc)."""
-    d, p, r = (_oriented(v, higher_is_better, log_scale) for v in (dense, pruned, restored))
-    if d == p:
-        return None
-    return (r - p) / (d - p)
 
 
 @dataclass(frozen=True)
@@ -156,7 +139,7 @@ def comparison_rows(results: Sequence[ModelResult]) -> list[Row]:
             d, p = values[dense], values[pruned]
             sd, sp = stderrs[dense], stderrs[pruned]
             if sd is not None and sp is not None and not log_scale and (sd > 0 or sp > 0):
-                z = (_oriented(d, hib, False) - _oriented(p, hib, False)) / math.hypot(sd, sp)
+                z = (oriented(d, hib, False) - oriented(p, hib, False)) / math.hypot(sd, sp)
             for label in restored:
                 r = values[label]
                 gap[label] = (

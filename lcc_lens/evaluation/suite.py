@@ -1,12 +1,12 @@
 """An offline, held-out task suite built from the real text that ships, run by lm-eval as YAML tasks.
 
-Every item comes from the documents of ``lcc_lens.corpora`` split ``"test"`` only (Project Gutenberg
-Shakespeare, public domain; Python's reference topics, PSF licence). That split shares no document with
-the ``calibration`` (pruning), ``fit`` or ``validation`` splits, so nothing scored here was seen while
-pruning or fitting a compensation. Construction is deterministic in ``seed``.
+Every item comes from the ``"test"`` split of the held-out domain only (by default ``speeches``: U.S.
+State of the Union addresses, public domain), a domain never used for pruning calibration or fitting by
+default (leave-one-domain-out, :class:`lcc_lens.data.DataConfig`); the test split shares no word 13-gram
+with any other split. Construction is deterministic in ``seed``.
 
 Blocks. Each test document is cut into blocks of consecutive paragraphs (at least ``min_chars``, cut at
-a space before ``max_chars``); blocks are interleaved across the two sources (Python docs give fewer)
+a space before ``max_chars``); blocks are interleaved across the domains
 and shuffled with ``seed``. Each block records its source, document and character offset, and its text
 is an exact substring of that document.
 
@@ -38,6 +38,7 @@ import logging
 import os
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,10 @@ TASK_NEXT_PASSAGE = "lcc_next_passage"
 TASK_LAST_WORD = "lcc_last_word"
 SUITE_TASKS: tuple[str, ...] = (TASK_HELDOUT_PPL, TASK_NEXT_PASSAGE, TASK_LAST_WORD)
 SUITE_SPLIT = "test"
+MIN_ITEMS = 4
+"""Fewest items per task: a next-passage item needs three other items' endings as distractors."""
+SUITE_DOMAINS: tuple[str, ...] = ("speeches",)
+"""The held-out test domain (never calibrated or fitted on by default): the suite's only text."""
 _HOOKS_MODULE = "lcc_suite_hooks"
 
 
@@ -71,8 +76,8 @@ class SuiteSizes:
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if value < 2:
-                raise ConfigError(f"SuiteSizes.{name} must be >= 2, got {value}.")
+            if value < MIN_ITEMS:
+                raise ConfigError(f"SuiteSizes.{name} must be >= {MIN_ITEMS}, got {value}.")
 
 
 @dataclass(frozen=True)
@@ -88,10 +93,15 @@ class Block:
 _PARAGRAPH = re.compile(r"\S(?:.*?)(?=\n\s*\n|\Z)", re.S)
 
 
-def text_blocks(min_chars: int, max_chars: int, split: str = SUITE_SPLIT) -> list[Block]:
-    """Blocks of ``split``'s documents, in document order (see module doc)."""
+def text_blocks(
+    min_chars: int,
+    max_chars: int,
+    split: str = SUITE_SPLIT,
+    domains: tuple[str, ...] = SUITE_DOMAINS,
+) -> list[Block]:
+    """Blocks of ``split``'s documents of ``domains``, in document order (see module doc)."""
     blocks = []
-    for doc in split_documents(split):  # type: ignore[arg-type]
+    for doc in split_documents(split, domains):  # type: ignore[arg-type]
         start: int | None = None
         for match in _PARAGRAPH.finditer(doc.text):
             if start is None:
@@ -123,9 +133,13 @@ def _origin(block: Block) -> dict[str, Any]:
     return {"source": block.source, "document": block.document, "offset": block.offset}
 
 
-def heldout_ppl_items(n: int, seed: int) -> list[dict[str, Any]]:
+def heldout_ppl_items(
+    n: int, seed: int, domains: tuple[str, ...] = SUITE_DOMAINS
+) -> list[dict[str, Any]]:
     """``n`` blocks of 300-900 characters to score by rolling log-likelihood."""
-    pool = _interleaved(text_blocks(300, 900), random.Random(f"{seed}/heldout_ppl"))
+    pool = _interleaved(
+        text_blocks(300, 900, domains=domains), random.Random(f"{seed}/heldout_ppl")
+    )
     _need(pool, n, TASK_HELDOUT_PPL)
     return [{"text": b.text, **_origin(b)} for b in pool[:n]]
 
@@ -134,12 +148,18 @@ _WORD = re.compile(r"\S+")
 
 
 def next_passage_items(
-    n: int, seed: int, *, context_chars: int = 200, ending_words: int = 12, n_choices: int = 4
+    n: int,
+    seed: int,
+    *,
+    context_chars: int = 200,
+    ending_words: int = 12,
+    n_choices: int = 4,
+    domains: tuple[str, ...] = SUITE_DOMAINS,
 ) -> list[dict[str, Any]]:
     """``n`` HellaSwag-style items: context, the true next words, and distractor endings."""
     rng = random.Random(f"{seed}/next_passage")
     cands = []
-    for block in _interleaved(text_blocks(context_chars + 200, 1500), rng):
+    for block in _interleaved(text_blocks(context_chars + 200, 1500, domains=domains), rng):
         cut = block.text.find(" ", context_chars)
         if cut < 0:
             continue
@@ -177,10 +197,17 @@ def next_passage_items(
 _SENTENCE_END_WORD = re.compile(r"(?<= )([A-Za-z]{3,})(?=[.!?])")
 
 
-def last_word_items(n: int, seed: int, *, min_context_chars: int = 150) -> list[dict[str, Any]]:
+def last_word_items(
+    n: int,
+    seed: int,
+    *,
+    min_context_chars: int = 150,
+    domains: tuple[str, ...] = SUITE_DOMAINS,
+) -> list[dict[str, Any]]:
     """``n`` LAMBADA-style items: context, and a sentence-final word that occurs in the context."""
     items = []
-    for block in _interleaved(text_blocks(300, 900), random.Random(f"{seed}/last_word")):
+    blocks = text_blocks(300, 900, domains=domains)
+    for block in _interleaved(blocks, random.Random(f"{seed}/last_word")):
         for match in reversed(list(_SENTENCE_END_WORD.finditer(block.text))):
             context = block.text[: match.start() - 1]
             word = match.group(1)
@@ -255,7 +282,7 @@ _HOOKS_SOURCE = (
 )
 
 
-def heldout_ppl_results(doc: dict[str, Any], results: tuple[float]) -> dict[str, Any]:
+def heldout_ppl_results(doc: dict[str, Any], results: Sequence[float]) -> dict[str, Any]:
     """lm-eval ``process_results`` for ``lcc_heldout_ppl``: the usual metrics plus per-item bits/byte."""
     (loglikelihood,) = results
     text = doc["text"]
@@ -278,7 +305,11 @@ def _sizes(n_items: int | SuiteSizes | None) -> SuiteSizes:
 
 
 def build_offline_suite(
-    directory: str | os.PathLike[str], *, seed: int = 0, n_items: int | SuiteSizes | None = None
+    directory: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    n_items: int | SuiteSizes | None = None,
+    domains: tuple[str, ...] = SUITE_DOMAINS,
 ) -> list[str]:
     """Write the offline suite's JSONL data and YAML tasks into ``directory``; return the task names.
 
@@ -287,15 +318,15 @@ def build_offline_suite(
     """
     sizes = _sizes(n_items)
     builders = {
-        TASK_HELDOUT_PPL: lambda: heldout_ppl_items(sizes.heldout_ppl, seed),
-        TASK_NEXT_PASSAGE: lambda: next_passage_items(sizes.next_passage, seed),
-        TASK_LAST_WORD: lambda: last_word_items(sizes.last_word, seed),
+        TASK_HELDOUT_PPL: lambda: heldout_ppl_items(sizes.heldout_ppl, seed, domains),
+        TASK_NEXT_PASSAGE: lambda: next_passage_items(sizes.next_passage, seed, domains=domains),
+        TASK_LAST_WORD: lambda: last_word_items(sizes.last_word, seed, domains=domains),
     }
     final = Path(directory).expanduser().resolve()
     manifest: dict[str, Any] = {
         "seed": seed,
         "sizes": asdict(sizes),
-        "corpus": corpus_identity(SUITE_SPLIT),  # type: ignore[arg-type]
+        "corpus": corpus_identity(SUITE_SPLIT, domains),  # type: ignore[arg-type]
         "tasks": {},
     }
     with atomic_dir(final) as tmp:

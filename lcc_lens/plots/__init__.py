@@ -12,6 +12,7 @@ from lcc_lens.plots.heads import (
 )
 from lcc_lens.plots.io import png_available, save_figure
 from lcc_lens.plots.lens import logit_gain_figure, logit_lens_figure
+from lcc_lens.plots.probe import probe_null_figure
 from lcc_lens.plots.restoration import (
     comparison_bar,
     restoration_heatmap,
@@ -29,6 +30,7 @@ __all__ = [
     "logit_lens_figure",
     "lost_heatmaps",
     "png_available",
+    "probe_null_figure",
     "restoration_heatmap",
     "restoration_ranking",
     "restoration_stats",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from lcc_lens.errors import ConfigError
-from lcc_lens.logit_lens import LogitGain, LogitLens
+from lcc_lens.lens import LogitGain, LogitLens
 from lcc_lens.plots._common import FONT, head_axes, heatmap_trace, ranked, selected_trace
 
 if TYPE_CHECKING:

@@ -113,7 +113,7 @@ def restoration_ranking(restoration: RestorationStats, top_n: int = 30) -> go.Fi
     return fig
 
 
-def training_curves(history: Sequence[Mapping[str, float]]) -> go.Figure:
+def training_curves(history: Sequence[Mapping[str, float | int]]) -> go.Figure:
     """Training loss per step, validation loss where logged, and the learning rate (right axis)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lcc_lens.atomic import atomic_dir, ensure_writable_dir
+from lcc_lens.atomic import atomic_dir, check_replaceable, check_writable
 from lcc_lens.errors import ConfigError
 from lcc_lens.pruning.calibrate import (
     InputStats,
@@ -52,7 +52,7 @@ from lcc_lens.pruning.structured import (
 from lcc_lens.pruning.wanda import wanda_mask
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 CACHE_FORMAT = 1
@@ -94,12 +94,53 @@ def _no_match(config: PruneConfig, layers: nn.ModuleList, prefix: str) -> Config
     )
 
 
+def _max_positions(config: Any) -> int | None:
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _check_seq_len(max_positions: int | None, config: PruneConfig, name: str) -> None:
+    if config.needs_calibration and max_positions is not None and config.seq_len > max_positions:
+        raise ConfigError(
+            f"seq_len {config.seq_len} exceeds the {max_positions} positions of {name}; pass "
+            f"--seq-len {max_positions} or less."
+        )
+
+
+def check_positions(source: str | os.PathLike[str], config: PruneConfig) -> None:
+    """Refuse a calibration ``seq_len`` beyond the model's positions, reading only its config."""
+    from transformers import AutoConfig
+
+    from lcc_lens.models import resolve_model_source
+
+    resolved = resolve_model_source(source)
+    try:
+        model_config = AutoConfig.from_pretrained(
+            resolved, local_files_only=Path(resolved).is_dir()
+        )
+    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds for a bad config.json
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"cannot read the config of model {source} ({type(exc).__name__}: {first}); its "
+            "config.json is malformed or of another format."
+        ) from exc
+    _check_seq_len(_max_positions(model_config), config, str(source))
+
+
+def _layer_device(config: PruneConfig) -> torch.device | None:
+    """Where each decoder layer is calibrated (one at a time); None: where the model is."""
+    return torch.device(config.device) if config.device is not None else None
+
+
 def _param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
 def prune_model(
-    model: PreTrainedModel,
+    model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     config: PruneConfig,
     calibration_texts: Sequence[str] | None = None,
@@ -108,12 +149,13 @@ def prune_model(
 ) -> PruneReport:
     """Prune a clean Hugging Face causal LM in place, layer by layer; return what was done.
 
-    ``calibration_texts`` overrides ``config.calibration``. Raises :class:`ConfigError` before touching
-    the model when the layer pattern matches nothing or the model lacks the expected modules.
+    ``calibration_texts`` overrides ``config.calibration``. The model stays where it is; with
+    ``config.device`` each decoder layer is moved there for its calibration and back (one at a
+    time). Raises :class:`ConfigError` before touching the model when the layer pattern matches
+    nothing or the model lacks the expected modules.
     """
     start = time.perf_counter()
-    if config.device is not None:
-        model.to(config.device)
+    _check_seq_len(_max_positions(getattr(model, "config", None)), config, type(model).__name__)
     model.eval()
     prefix, layers = find_decoder_layers(model)
     params_before = _param_count(model)
@@ -179,7 +221,7 @@ def _prune_unstructured(
         return everything, None
 
     tokens, calib = _calibration(tokenizer, config, texts)
-    inputs = capture_layer_inputs(model, layers[0], tokens, config.batch_size)
+    inputs = capture_layer_inputs(model, layers[0], tokens, config.batch_size, layers)
     spec: StatSpec = {"sq": True} if config.method == "wanda" else {"hessian": True}
 
     def specs_of(i: int, mods: dict[str, nn.Module]) -> dict[str, StatSpec]:
@@ -209,6 +251,7 @@ def _prune_unstructured(
         process,
         desc=config.method,
         show_progress=show_progress,
+        device=_layer_device(config),
     )
     return everything, calib
 
@@ -251,7 +294,7 @@ def _prune_structured(
                 ),
             )
     tokens, calib = _calibration(tokenizer, config, texts)
-    inputs = capture_layer_inputs(model, layers[0], tokens, config.batch_size)
+    inputs = capture_layer_inputs(model, layers[0], tokens, config.batch_size, layers)
     ratio = config.target_sparsity
     n = len(blocks)
     removed_heads: list[list[int]] = [[] for _ in range(n)]
@@ -303,7 +346,14 @@ def _prune_structured(
         )
 
     run_layerwise(
-        layers, inputs, modules_of, specs_of, process, desc="flap", show_progress=show_progress
+        layers,
+        inputs,
+        modules_of,
+        specs_of,
+        process,
+        desc="flap",
+        show_progress=show_progress,
+        device=_layer_device(config),
     )
     if config.ratio_mode == "adaptive":
         b0 = blocks[0]
@@ -353,12 +403,15 @@ def prune_checkpoint(
     from lcc_lens.models import describe, load_causal_lm
 
     out = Path(out_dir)
-    ensure_writable_dir(out.parent / "x.tmp")
+    check_writable(out, what="output directory")  # checks only: nothing is created before success
+    check_replaceable(out, what="output directory")
+    check_positions(source, config)
     identity = describe(source)
-    model, tokenizer = load_causal_lm(source, device=config.device or "cpu")
+    # the model stays on the CPU; with config.device its layers visit the device one at a time
+    model, tokenizer = load_causal_lm(source, device="cpu")
     report = prune_model(model, tokenizer, config, calibration_texts, show_progress=show_progress)
     report = report.with_model(identity)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, kind="prune") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         report.save(tmp / REPORT_FILE)
@@ -385,7 +438,7 @@ def cached_pruned_checkpoint(
     source: str | os.PathLike[str], config: PruneConfig, *, show_progress: bool = True
 ) -> Path:
     """Directory of ``source`` pruned with ``config`` under ``cache_root()/pruned/<key>``, pruning only once."""
-    from lcc_lens.models import cache_root
+    from lcc_lens.cache import cache_root
 
     target = cache_root() / "pruned" / pruned_cache_key(source, config)
     if (target / REPORT_FILE).is_file() and (target / "config.json").is_file():

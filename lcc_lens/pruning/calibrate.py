@@ -1,7 +1,7 @@
 """The layer-by-layer calibration driver shared by Wanda, SparseGPT and FLAP.
 
 The inputs of the first decoder layer are captured once (embeddings, positions, attention mask and any
-other keyword the model passes). Then for each decoder layer in order: hooks on its linear layers gather
+other keyword the model passes; for models whose layers differ in kind, each layer's own arguments). Then for each decoder layer in order: hooks on its linear layers gather
 input statistics while the calibration batches run through that layer only, the layer is pruned, and the
 batches are run through the pruned layer again to become the next layer's inputs. Only one layer's
 statistics live at a time, so peak memory is about one model copy plus one layer's activations.
@@ -132,41 +132,88 @@ StatSpec = dict[str, bool]
 
 @dataclass
 class LayerInput:
-    """One calibration batch as the decoder layer receives it."""
+    """One calibration batch as the decoder layers receive it.
+
+    ``args``/``kwargs`` are the first layer's call arguments besides the hidden states. Models whose
+    layers differ in kind (``config.layer_types``: sliding-window and global attention, each with its
+    own mask and rotary embeddings, as in Gemma 2/3) also carry ``per_layer[i] = (args, kwargs)``;
+    :func:`layer_forward` uses layer ``i``'s own arguments then.
+    """
 
     hidden: Tensor
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
+    per_layer: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = field(default_factory=dict)
+
+    def call_args(self, index: int | None) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The arguments of layer ``index`` (the first layer's when not recorded per layer)."""
+        if index is not None and index in self.per_layer:
+            return self.per_layer[index]
+        return self.args, self.kwargs
 
 
 class _Captured(Exception):
     pass
 
 
+def _split_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Tensor, tuple, dict]:
+    kwargs = dict(kwargs)
+    if args:
+        return args[0], tuple(args[1:]), kwargs
+    return kwargs.pop("hidden_states"), (), kwargs
+
+
+def layers_differ(model: nn.Module) -> bool:
+    """Whether the model's decoder layers are called with different arguments by kind."""
+    kinds = getattr(getattr(model, "config", None), "layer_types", None)
+    return bool(kinds) and len(set(kinds)) > 1
+
+
 def capture_layer_inputs(
-    model: nn.Module, first_layer: nn.Module, tokens: Int[Tensor, "n seq"], batch_size: int
+    model: nn.Module,
+    first_layer: nn.Module,
+    tokens: Int[Tensor, "n seq"],
+    batch_size: int,
+    layers: nn.ModuleList | None = None,
 ) -> list[LayerInput]:
-    """Run the model up to its first decoder layer on every batch; keep that layer's call arguments."""
+    """Run the model up to its first decoder layer on every batch; keep that layer's call arguments.
+
+    With ``layers`` given and layers of several kinds (:func:`layers_differ`), the model runs up to its
+    last layer instead and every layer's own call arguments are kept (tensors shared, not copied).
+    """
     device = next(model.parameters()).device
     captured: list[LayerInput] = []
+    per_layer = layers is not None and layers_differ(model)
+    hooked = list(layers) if per_layer and layers is not None else [first_layer]
+    current: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
 
-    def pre_hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        kwargs = dict(kwargs)
-        if args:
-            hidden, rest = args[0], tuple(args[1:])
-        else:
-            hidden, rest = kwargs.pop("hidden_states"), ()
-        captured.append(LayerInput(hidden.detach(), rest, kwargs))
-        raise _Captured
+    def make_hook(index: int) -> Callable[..., None]:
+        def pre_hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            hidden, rest, kw = _split_call(args, kwargs)
+            if index == 0:
+                captured.append(LayerInput(hidden.detach(), rest, kw))
+            if per_layer:
+                current[index] = (rest, kw)
+            if index == len(hooked) - 1:
+                raise _Captured
 
-    handle = first_layer.register_forward_pre_hook(pre_hook, with_kwargs=True)
+        return pre_hook
+
+    handles = [
+        layer.register_forward_pre_hook(make_hook(i), with_kwargs=True)
+        for i, layer in enumerate(hooked)
+    ]
     try:
         for i in range(0, tokens.shape[0], batch_size):
             ids = tokens[i : i + batch_size].to(device)
+            current = {}
             with contextlib.suppress(_Captured):
                 model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+            if per_layer and captured:
+                captured[-1].per_layer = dict(current)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     if len(captured) != (tokens.shape[0] + batch_size - 1) // batch_size:
         raise ConfigError(
             f"{type(model).__name__} did not call its first decoder layer on every batch; this layout "
@@ -175,9 +222,10 @@ def capture_layer_inputs(
     return captured
 
 
-def layer_forward(layer: nn.Module, inp: LayerInput) -> Tensor:
-    """Run one decoder layer on one captured batch; return its hidden-state output."""
-    out = layer(inp.hidden, *inp.args, **inp.kwargs)
+def layer_forward(layer: nn.Module, inp: LayerInput, index: int | None = None) -> Tensor:
+    """Run decoder layer ``index`` on one captured batch; return its hidden-state output."""
+    args, kwargs = inp.call_args(index)
+    out = layer(inp.hidden, *args, **kwargs)
     return out[0] if isinstance(out, tuple | list) else out
 
 
@@ -221,6 +269,29 @@ def collect_input_stats(
         seen.clear()
 
 
+def move_inputs(inputs: list[LayerInput], device: torch.device) -> None:
+    """Move every tensor of the captured batches to ``device`` (shared tensors stay shared)."""
+    moved: dict[int, Any] = {}
+
+    def to(obj: Any) -> Any:
+        if isinstance(obj, Tensor):
+            if id(obj) not in moved:
+                moved[id(obj)] = obj.to(device)
+            return moved[id(obj)]
+        if isinstance(obj, tuple):
+            return tuple(to(o) for o in obj)
+        if isinstance(obj, list):
+            return [to(o) for o in obj]
+        if isinstance(obj, dict):
+            return {k: to(v) for k, v in obj.items()}
+        return obj
+
+    for inp in inputs:
+        inp.hidden = to(inp.hidden)
+        inp.args, inp.kwargs = to(inp.args), to(inp.kwargs)
+        inp.per_layer = {i: (to(a), to(k)) for i, (a, k) in inp.per_layer.items()}
+
+
 def run_layerwise(
     layers: nn.ModuleList,
     inputs: list[LayerInput],
@@ -230,26 +301,42 @@ def run_layerwise(
     *,
     desc: str = "pruning",
     show_progress: bool = True,
+    device: torch.device | None = None,
 ) -> None:
     """Calibrate and process each decoder layer in order, feeding it the already-processed layers' outputs.
 
     ``modules_of(i)`` names the modules to hook in layer ``i``; ``specs_of`` says which statistics each
-    needs; ``process(i, modules, stats)`` prunes the layer in place. ``inputs`` is consumed.
+    needs; ``process(i, modules, stats)`` prunes the layer in place. ``inputs`` is consumed. With
+    ``device``, the inputs live there and each layer is moved there for its turn and back afterwards,
+    so only one decoder layer occupies the device at a time.
     """
+    if device is not None:
+        move_inputs(inputs, device)
     bar = tqdm(range(len(layers)), desc=desc, unit="layer", disable=not show_progress)
     for i in bar:
         layer = layers[i]
+        home = _device_of(layer)
+        if device is not None:
+            layer.to(device)
         modules = modules_of(i)
         specs = specs_of(i, modules)
         if specs:
             with collect_input_stats({n: modules[n] for n in specs}, specs) as stats:
                 for inp in inputs:
-                    layer_forward(layer, inp)
+                    layer_forward(layer, inp, i)
             process(i, modules, stats)
             del stats
         else:
             process(i, modules, {})
         if i + 1 < len(layers):
             for inp in inputs:
-                inp.hidden = layer_forward(layer, inp)
+                inp.hidden = layer_forward(layer, inp, i)
+        if device is not None and home is not None:
+            layer.to(home)
     bar.close()
+
+
+def _device_of(module: nn.Module) -> torch.device | None:
+    for p in module.parameters():
+        return p.device
+    return None

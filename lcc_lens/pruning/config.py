@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from lcc_lens.errors import ConfigError
@@ -14,8 +14,44 @@ UNSTRUCTURED_METHODS: tuple[Method, ...] = ("magnitude", "wanda", "sparsegpt")
 StructuredMode = Literal["mask", "remove"]
 RatioMode = Literal["uniform", "adaptive"]
 
+DEFAULT_SPARSITY = 0.5
+"""The sparsity of a config that sets neither ``sparsity`` nor ``pattern``."""
+
 DEFAULT_INCLUDE = r"(self_attn|attn|attention|mlp)\."
 """Default layer filter: every linear layer of the attention and MLP blocks of the decoder layers."""
+
+
+def check_device(device: str | None, *, what: str = "device") -> None:
+    """Raise ConfigError unless ``device`` names a torch device that exists here (None/auto pass)."""
+    if device is None or device == "auto":
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"{what} {device!r} is not a device name; use cpu, cuda, cuda:N, mps or auto."
+        ) from exc
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"{what} {device!r}: no CUDA device is available here; use cpu.")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(
+                f"{what} {device!r}: only {count} CUDA device(s) exist (cuda:0..cuda:{count - 1})."
+            )
+        return
+    if dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ConfigError(f"{what} {device!r}: MPS is not available here; use cpu.")
+        return
+    backend = getattr(torch, dev.type, None)
+    available = getattr(backend, "is_available", None)
+    if not callable(available) or not available():
+        raise ConfigError(f"{what} {device!r} is not available here; use cpu, cuda or auto.")
 
 
 def parse_pattern(pattern: str) -> tuple[int, int]:
@@ -65,22 +101,64 @@ class PruneConfig:
         device: where calibration runs (``None``: where the model is).
     """
 
-    method: Method = "wanda"
-    sparsity: float | None = 0.5
-    pattern: str | None = None
-    include: str = DEFAULT_INCLUDE
-    exclude: str | None = None
-    calibration: str = "corpora"
-    n_samples: int = 64
-    seq_len: int = 256
-    seed: int = 0
-    batch_size: int = 8
-    blocksize: int = 128
-    percdamp: float = 0.01
-    structured_mode: StructuredMode = "mask"
-    ratio_mode: RatioMode = "uniform"
-    bias_compensation: bool = True
-    device: str | None = None
+    method: Method = field(
+        default="wanda",
+        metadata={"help": "pruning method: magnitude, wanda, sparsegpt (unstructured/N:M) or flap"},
+    )
+    sparsity: float | None = field(
+        default=None,
+        metadata={
+            "help": "fraction in (0, 1) of weights to zero (flap: of heads and MLP channels)",
+            "default_text": "0.5, or N/M with --pattern",
+        },
+    )
+    pattern: str | None = field(
+        default=None,
+        metadata={"help": "N:M semi-structured sparsity, N zeros in every M inputs (e.g. 2:4)"},
+    )
+    include: str = field(
+        default=DEFAULT_INCLUDE,
+        metadata={"help": "regular expression of module names to prune", "aliases": ("--layers",)},
+    )
+    exclude: str | None = field(
+        default=None, metadata={"help": "regular expression of module names to keep dense"}
+    )
+    calibration: str = field(
+        default="corpora",
+        metadata={
+            "help": "calibration text: 'corpora' (offline real text), 'c4', a .txt/.json/.jsonl "
+            "file, or a datasets name"
+        },
+    )
+    n_samples: int = field(
+        default=64, metadata={"help": "calibration sequences, count (papers: 128)"}
+    )
+    seq_len: int = field(
+        default=256, metadata={"help": "tokens per calibration sequence (papers: 2048)"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the calibration sample"})
+    batch_size: int = field(default=8, metadata={"help": "calibration sequences per forward pass"})
+    blocksize: int = field(default=128, metadata={"help": "SparseGPT column block width, columns"})
+    percdamp: float = field(
+        default=0.01,
+        metadata={"help": "SparseGPT Hessian damping, fraction of the mean diagonal in [0, 1)"},
+    )
+    structured_mode: StructuredMode = field(
+        default="mask",
+        metadata={"help": "flap: 'mask' zeroes pruned heads/channels, 'remove' slices them out"},
+    )
+    ratio_mode: RatioMode = field(
+        default="uniform",
+        metadata={"help": "flap: 'uniform' ratio per layer or 'adaptive' (one global threshold)"},
+    )
+    bias_compensation: bool = field(
+        default=True,
+        metadata={"help": "flap: fold removed channels' mean into the output biases"},
+    )
+    device: str | None = field(
+        default=None,
+        metadata={"help": "where calibration runs: cpu, cuda, cuda:1, mps, ... (none: cpu)"},
+    )
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -102,10 +180,6 @@ class PruneConfig:
                 raise ConfigError(
                     f"blocksize {self.blocksize} must be a multiple of M={m} for an N:M pattern."
                 )
-        elif self.sparsity is None:
-            raise ConfigError(
-                "sparsity is required without an N:M pattern: pass e.g. --sparsity 0.5."
-            )
         if self.sparsity is not None:
             s = float(self.sparsity)
             if not 0.0 < s < 1.0:
@@ -139,6 +213,7 @@ class PruneConfig:
             raise ConfigError(
                 f"ratio_mode must be 'uniform' or 'adaptive', got {self.ratio_mode!r}."
             )
+        check_device(self.device)
         if (
             self.method == "flap"
             and self.structured_mode == "remove"
@@ -161,8 +236,7 @@ class PruneConfig:
         if self.nm is not None:
             n, m = self.nm
             return n / m
-        assert self.sparsity is not None
-        return float(self.sparsity)
+        return DEFAULT_SPARSITY if self.sparsity is None else float(self.sparsity)
 
     @property
     def structured(self) -> bool:
@@ -173,7 +247,11 @@ class PruneConfig:
         return self.method != "magnitude"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields, with the effective sparsity filled in when no pattern is set."""
+        d = asdict(self)
+        if self.pattern is None:
+            d["sparsity"] = self.target_sparsity
+        return d
 
     def cache_dict(self) -> dict[str, Any]:
         """The settings that change the result (device and batch size do not)."""

@@ -57,8 +57,20 @@ def calibration_identity(source: str) -> dict[str, Any]:
     return {"dataset": source, "split": "train"}
 
 
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"calibration file {path} is not UTF-8 text (undecodable byte at offset {exc.start}); "
+            "pass a UTF-8 .txt/.json/.jsonl file."
+        ) from exc
+    except OSError as exc:
+        raise DataError(f"cannot read calibration file {path}: {exc.strerror or exc}.") from exc
+
+
 def _texts_from_json(path: Path) -> list[str]:
-    raw = path.read_text(encoding="utf-8")
+    raw = _read_utf8(path)
     try:
         if path.suffix == ".jsonl":
             items = [json.loads(line) for line in raw.splitlines() if line.strip()]
@@ -91,7 +103,7 @@ def load_calibration_texts(source: str) -> list[str]:
     if path.is_file():
         if path.suffix in (".json", ".jsonl"):
             return _texts_from_json(path)
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = _read_utf8(path)
         if not text.strip():
             raise DataError(f"calibration file {path} is empty; pass a file with text.")
         return [text]
@@ -140,6 +152,8 @@ def calibration_tokens(
     samples: list[list[int]] = []
     buf: list[int] = []
     order = list(range(len(texts)))
+    seen: set[tuple[int, int]] = set()
+    fresh = repeated = 0
     while len(samples) < n_samples:
         rng.shuffle(order)
         gained = 0
@@ -154,6 +168,11 @@ def calibration_tokens(
             ids = ids[:seq_len]
             if not ids:
                 continue
+            if (i, start) in seen:
+                repeated += len(ids)
+            else:
+                seen.add((i, start))
+                fresh += len(ids)
             buf.extend(ids)
             gained += len(ids)
             if eos is not None:
@@ -165,6 +184,20 @@ def calibration_tokens(
                 break
         if gained == 0:
             raise DataError("the calibration texts tokenize to nothing; pass real text.")
+        if repeated and fresh < seq_len:
+            raise DataError(
+                f"the calibration text holds only {fresh} tokens, fewer than one sequence of "
+                f"seq_len={seq_len}; it would be repeated to fill {n_samples} sequences. Pass more "
+                "text (or lower --seq-len / --n-samples)."
+            )
+    if repeated:
+        logger.warning(
+            "calibration text is short: %.0f %% of the %d x %d calibration tokens repeat the same "
+            "windows; pass more text for a representative calibration",
+            100.0 * repeated / (fresh + repeated),
+            n_samples,
+            seq_len,
+        )
     return torch.tensor(samples, dtype=torch.long)
 
 

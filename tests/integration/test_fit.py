@@ -4,44 +4,53 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
+from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from lcc_lens.atomic import OWNER_FILE
 from lcc_lens.cli.fit import main, parse_args
 from lcc_lens.compensation import Compensation
 from lcc_lens.data import encode, load_examples
-from lcc_lens.errors import ConfigError, IncompatibleModelsError, LccError
-from lcc_lens.fit import FitConfig, fit
+from lcc_lens.errors import ConfigError, IncompatibleModelsError, LccError, OwnershipError
+from lcc_lens.fit import FitConfig, FitDivergedError, fit
+from lcc_lens.fit.run_dir import COMPLETE_FILE
 from lcc_lens.models import ModelPair
 from lcc_lens.tiny import save_tiny_checkpoint
-from lcc_lens.training import TrainConfig, train
+from lcc_lens.training import TrainConfig, has_checkpoint, train
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and key in out else value
+    return out
 
 
 @pytest.fixture(scope="module")
-def base_config(llama_pair_dirs) -> FitConfig:
+def base(llama_pair_dirs) -> dict[str, Any]:
+    """A small fit on the tiny llama pair, as the nested mapping a YAML file would hold."""
     dense, pruned = llama_pair_dirs
-    return FitConfig(
-        dense=str(dense),
-        pruned=str(pruned),
-        n_train=24,
-        n_diff_prompts=12,
-        n_probe=12,
-        steps=4,
-        batch_size=4,
-        max_length=96,
-        eval_windows=3,
-        eval_context=64,
-        device="cpu",
-        checkpoint_every=1,
-        heads="norm",
-    )
+    return {
+        "dense": str(dense),
+        "pruned": str(pruned),
+        "device": "cpu",
+        "max_length": 96,
+        "data": {"n_train": 24, "n_diff_prompts": 12, "n_probe": 12},
+        "select": {"method": "norm"},
+        "train": {"steps": 4, "batch_size": 4, "checkpoint_every": 1},
+        "eval": {"windows": 3, "context_length": 64, "bootstrap": 0},
+    }
 
 
-def test_zero_heads_leave_the_model_unchanged(base_config, tmp_path):
-    res = fit(replace(base_config, n_heads=0), tmp_path / "run")
+def cfg(base: dict[str, Any], **over: Any) -> FitConfig:
+    return FitConfig.from_dict(_merge(base, over))
+
+
+def test_zero_heads_leave_the_model_unchanged(base, tmp_path):
+    res = fit(cfg(base, select={"n_heads": 0}), tmp_path / "run")
     assert res.compensation.n_selected == 0
     assert res.history == []
     assert res.metrics["ppl_restored"] == res.metrics["ppl_pruned"]
@@ -53,6 +62,7 @@ def test_zero_heads_leave_the_model_unchanged(base_config, tmp_path):
         load_file(str(tmp_path / "run" / "compensation.safetensors"))["z_offsets"],
         torch.zeros(3, 4, 16),
     )
+    assert (tmp_path / "run" / COMPLETE_FILE).is_file()
 
 
 def test_loss_decreases_on_a_fixed_batch(llama_pair_dirs):
@@ -64,14 +74,20 @@ def test_loss_decreases_on_a_fixed_batch(llama_pair_dirs):
     for objective in ("lm", "kl"):
         with torch.no_grad():
             comp.bias.zero_()
-        cfg = TrainConfig(objective=objective, lr=5e-2, steps=12, batch_size=4, warmup_fraction=0.0)
-        hist = train(pair, comp, data, data, cfg)
+        tcfg = TrainConfig(
+            objective=objective, lr=5e-2, steps=12, batch_size=4, warmup_fraction=0.0
+        )
+        hist = train(pair, comp, data, data, tcfg)
         assert hist[-1]["loss"] < 0.95 * hist[0]["loss"], (objective, [h["loss"] for h in hist])
 
 
-def test_resume_reaches_the_same_parameters(base_config, tmp_path):
-    cfg = replace(base_config, steps=5, heads="random", n_heads=4, grad_accum=2, batch_size=2)
-    full = fit(cfg)
+def test_resume_reaches_the_same_parameters(base, tmp_path):
+    config = cfg(
+        base,
+        select={"method": "random", "n_heads": 4},
+        train={"steps": 5, "grad_accum": 2, "batch_size": 2},
+    )
+    full = fit(config)
     run = tmp_path / "interrupted"
 
     class Stop(Exception):
@@ -82,50 +98,134 @@ def test_resume_reaches_the_same_parameters(base_config, tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        fit(cfg, run, on_step=interrupt)
-    assert (run / "checkpoint.pt").is_file()
+        fit(config, run, on_step=interrupt)
+    assert has_checkpoint(run)
     assert not (run / "model").exists()  # nothing final written by the interrupted run
-    resumed = fit(cfg, run, resume=True)
+    assert not (run / COMPLETE_FILE).exists()
+    resumed = fit(config, run, resume=True)
     assert torch.equal(resumed.compensation.beta, full.compensation.beta)
     assert torch.equal(resumed.compensation.bias, full.compensation.bias)
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
-    # a different configuration refuses to resume from this checkpoint
-    with pytest.raises(LccError, match="another configuration"):
-        fit(replace(cfg, lr=0.123), run, resume=True)
+    assert (run / COMPLETE_FILE).is_file()
+    # a finished run is not resumed again, nor silently refitted over
+    with pytest.raises(ConfigError, match="already complete"):
+        fit(config, run, resume=True)
+    with pytest.raises(ConfigError, match="not empty"):
+        fit(config, run)
     with pytest.raises(ConfigError, match="holds no checkpoint"):
-        fit(cfg, tmp_path / "fresh", resume=True)
+        fit(config, tmp_path / "fresh", resume=True)
 
 
-def test_cli_run_directory(base_config, tmp_path, capsys):
+def test_resume_refuses_another_configuration(base, tmp_path):
+    config = cfg(base, select={"method": "random", "n_heads": 4}, train={"steps": 3})
+    run = tmp_path / "run"
+
+    def interrupt(step, row):
+        if step == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, run, on_step=interrupt)
+    with pytest.raises(LccError, match="another configuration"):
+        fit(
+            cfg(base, select={"method": "random", "n_heads": 4}, train={"steps": 3, "lr": 0.123}),
+            run,
+            resume=True,
+        )
+
+
+def test_overwrite_replaces_only_a_run_of_lcc_lens(base, tmp_path):
+    config = cfg(base, select={"n_heads": 1}, train={"steps": 1})
+    run = tmp_path / "run"
+    fit(config, run)
+    (run / "stale.txt").write_text("from an earlier run")
+    fit(config, run, overwrite=True)
+    assert not (run / "stale.txt").exists()  # an earlier run's files never mix with the new one
+    assert (run / COMPLETE_FILE).is_file() and (run / OWNER_FILE).is_file()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    with pytest.raises(OwnershipError):
+        fit(config, mine, overwrite=True)
+    with pytest.raises(ConfigError, match="not empty"):
+        fit(config, mine)
+    assert (mine / "notes.txt").read_text() == "the user's"
+
+
+def test_an_export_that_overflows_its_dtype_is_refused(base, tmp_path):
+    """Absurd learning rate: finite but huge offsets; the pruned checkpoint declares float16."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    half = tmp_path / "pruned-fp16"
+    model = AutoModelForCausalLM.from_pretrained(base["pruned"], dtype=torch.float16)
+    model.save_pretrained(half)
+    AutoTokenizer.from_pretrained(base["pruned"]).save_pretrained(half)
+    wild = {"lr": 1e6, "steps": 3, "warmup_fraction": 0.0}
+    over = dict(pruned=str(half), select={"n_heads": 12}, train=wild, worse_margin=1e3)
+    run = tmp_path / "diverged"
+    with pytest.raises(FitDivergedError, match="float16"):
+        fit(cfg(base, **over), run)
+    assert not (run / "model").exists() and not (run / "compensation.safetensors").exists()
+    assert not (run / COMPLETE_FILE).exists() and has_checkpoint(run)  # resumable, not "done"
+    res = fit(cfg(base, allow_worse=True, **over), tmp_path / "forced")
+    assert (tmp_path / "forced" / "model" / "config.json").is_file()
+    assert float(res.compensation.z_offsets().detach().abs().max()) > 1e4
+
+
+def test_lengths_beyond_the_model_are_refused_before_training(base, tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"eval.context_length=4096 exceeds the model's 256 positions"
+    ):
+        fit(cfg(base, eval={"context_length": 4096}), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_config_round_trips_and_rejects_bad_yaml_values():
+    import yaml
+
+    c = FitConfig.from_dict({"train": {"lr": 0.5}, "select": {"n_heads": 3}, "seed": 4})
+    assert c.train.steps == 48 and c.train.seed == 4 and c.select.seed == 4
+    assert FitConfig.from_dict(yaml.safe_load(yaml.safe_dump(c.to_dict()))) == c
+    for bad, match in (
+        ({"select": {"n_heads": 2.5}}, "select.n_heads must be an integer"),
+        ({"train": {"lr": "fast"}}, "train.lr must be a number"),
+        ({"train": {"learning_rate": 1}}, "unknown config keys"),
+        ({"data": {"seed": 1}}, "top-level 'seed'"),
+        ({"compensation": {"use_bias": "yes"}}, "use_bias must be true/false"),
+        ({"train": {"warmup_fraction": -0.1}}, "warmup_fraction"),
+        ({"worse_margin": -1.0}, "worse_margin"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            FitConfig.from_dict(bad)
+
+
+def test_cli_run_directory(base, tmp_path, capsys):
     out = tmp_path / "cli"
-    rc = main(
-        [
-            "--dense",
-            base_config.dense,
-            "--pruned",
-            str(base_config.pruned),
-            "--out",
-            str(out),
-            "--n-train",
-            "16",
-            "--steps",
-            "2",
-            "--batch-size",
-            "4",
-            "--heads",
-            "probe",
-            "--n-heads",
-            "3",
-            "--eval-windows",
-            "2",
-            "--eval-context",
-            "64",
-            "--max-length",
-            "96",
-            "--device",
-            "cpu",
-        ]
-    )
+    argv = ["--dense", base["dense"], "--pruned", base["pruned"], "--out", str(out)]
+    argv += [
+        "--n-train",
+        "16",
+        "--steps",
+        "2",
+        "--train-batch-size",
+        "4",
+        "--select-method",
+        "probe",
+    ]
+    argv += [
+        "--n-heads",
+        "3",
+        "--windows",
+        "2",
+        "--context-length",
+        "64",
+        "--n-pairs",
+        "24",
+        "--max-length",
+        "96",
+    ]
+    argv += ["--device", "cpu"]
+    rc = main(argv)
     assert rc == 0
     printed = capsys.readouterr().out
     assert "held-out PPL" in printed and "gap closed" in printed
@@ -135,6 +235,7 @@ def test_cli_run_directory(base_config, tmp_path, capsys):
         "heads.json",
         "metrics.json",
         "model/config.json",
+        COMPLETE_FILE,
     ):
         assert (out / name).is_file(), name
     heads = json.loads((out / "heads.json").read_text())
@@ -142,75 +243,33 @@ def test_cli_run_directory(base_config, tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["summary"]["export_max_abs_logit_diff"] < 1e-4
     assert len(metrics["history"]) == 2
+    assert metrics["data"]["n_train"] > 0
     assert any(p.suffix == ".html" for p in (out / "plots").iterdir())
     again = parse_args(["--config", str(out / "config.yaml")])
-    assert again.config.steps == 2 and again.config.n_heads == 3
+    assert again.config.train.steps == 2 and again.config.select.n_heads == 3
+    assert main(argv) == 2  # the same --out again without --resume / --overwrite
+    assert "not empty" in capsys.readouterr().err
 
 
-def test_parse_args_precedence(tmp_path):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("lr: 0.5\nsteps: 7\nheads: kl\n")
-    a = parse_args(["--config", str(cfg), "--steps", "3"])
-    assert (a.config.lr, a.config.steps, a.config.heads) == (0.5, 3, "kl")
-    assert parse_args(["--steps", "none", "--epochs", "2"]).config.steps is None
-    assert parse_args([]).config == FitConfig()
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("learning_rate: 1\n")
-    with pytest.raises(ConfigError, match="unknown config keys"):
-        parse_args(["--config", str(bad)])
-    with pytest.raises(ConfigError, match="lr must be"):
-        parse_args(["--lr", "0"])
-
-
-def test_cli_bad_inputs_exit_nonzero_and_write_nothing(base_config, tmp_path, capsys):
+def test_cli_bad_inputs_exit_nonzero_and_write_nothing(base, tmp_path, capsys):
     other = save_tiny_checkpoint(tmp_path / "other", "llama", n_heads=2, n_kv_heads=1)
     out = tmp_path / "out"
     common = ["--device", "cpu", "--steps", "1", "--out", str(out)]
-    assert main(["--dense", base_config.dense, "--pruned", str(other), *common]) == 1
+    pair = ["--dense", base["dense"], "--pruned", base["pruned"]]
+    assert main(["--dense", base["dense"], "--pruned", str(other), *common]) == 2
     assert "cannot be paired" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "--dense",
-                base_config.dense,
-                "--pruned",
-                str(base_config.pruned),
-                "--n-heads",
-                "99",
-                *common,
-            ]
-        )
-        == 1
-    )
+    assert main([*pair, "--n-heads", "99", *common]) == 2
     assert "only 12" in capsys.readouterr().err
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    assert (
-        main(
-            [
-                "--dense",
-                base_config.dense,
-                "--pruned",
-                str(base_config.pruned),
-                "--data",
-                str(empty),
-                *common,
-            ]
-        )
-        == 1
-    )
+    assert main([*pair, "--source", str(empty), *common]) == 2
     assert "empty" in capsys.readouterr().err
-    assert (
-        main(
-            ["--dense", base_config.dense, "--pruned", str(base_config.pruned), "--resume", *common]
-        )
-        == 1
-    )
+    assert main([*pair, "--resume", *common]) == 2
     assert "no checkpoint" in capsys.readouterr().err
-    assert main(["--dense", base_config.dense, "--lr", "-1"]) == 2
-    assert not out.exists() or not any(out.iterdir())
+    assert main(["--dense", base["dense"], "--lr", "-1"]) == 2
+    assert not out.exists() or not any(p.name != OWNER_FILE for p in out.iterdir())
     with pytest.raises(IncompatibleModelsError):
-        fit(replace(base_config, pruned=str(other)))
+        fit(cfg(base, pruned=str(other)))
 
 
 def test_module_entry_point_runs_as_a_program():
@@ -224,4 +283,4 @@ def test_module_entry_point_runs_as_a_program():
     bad = subprocess.run(
         [sys.executable, "-m", "lcc_lens.fit", "--lr", "-1"], capture_output=True, text=True
     )
-    assert bad.returncode == 2 and "lr must be > 0" in bad.stderr
+    assert bad.returncode == 2 and "lr" in bad.stderr

@@ -1,4 +1,4 @@
-"""The pruning CLI on a tiny checkpoint: argument parsing, a full run, the cache, and bad input."""
+"""The pruning CLI (`lcc prune` / `python -m lcc_lens.prune`) on a tiny checkpoint: argument parsing, a full run, the cache, and bad input."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lcc_lens.errors import ConfigError
-from lcc_lens.prune import main, parse_args
+from lcc_lens.prune import main, parse
 from lcc_lens.pruning import PruneConfig, PruneReport, cached_pruned_checkpoint, pruned_cache_key
 from lcc_lens.tiny import save_tiny_checkpoint
 
@@ -24,7 +24,7 @@ def ckpt(tmp_path_factory) -> Path:
 
 
 def test_parse_args_builds_the_config(tmp_path):
-    args = parse_args(
+    args = parse(
         [
             "--model",
             "embedded",
@@ -44,8 +44,8 @@ def test_parse_args_builds_the_config(tmp_path):
             "0.05",
         ]
     )
-    assert args.model == "embedded" and args.out == tmp_path / "o"
-    cfg = args.config
+    assert args.dense == "embedded" and args.out == tmp_path / "o"
+    cfg = args.prune
     assert (cfg.method, cfg.pattern, cfg.sparsity, cfg.target_sparsity) == (
         "sparsegpt",
         "4:8",
@@ -53,9 +53,10 @@ def test_parse_args_builds_the_config(tmp_path):
         0.5,
     )
     assert (cfg.include, cfg.n_samples, cfg.seq_len, cfg.percdamp) == (r"mlp\.", 16, 128, 0.05)
-    default = parse_args(["--model", "m", "--out", str(tmp_path / "p")]).config
-    assert (default.method, default.sparsity, default.pattern) == ("wanda", 0.5, None)
-    flap = parse_args(
+    default = parse(["--dense", "m", "--out", str(tmp_path / "p")]).prune
+    assert (default.method, default.target_sparsity, default.pattern) == ("wanda", 0.5, None)
+    assert default.to_dict()["sparsity"] == 0.5
+    flap = parse(
         [
             "--model",
             "m",
@@ -69,7 +70,7 @@ def test_parse_args_builds_the_config(tmp_path):
             "remove",
             "--no-bias-compensation",
         ]
-    ).config
+    ).prune
     assert flap.structured_mode == "remove" and not flap.bias_compensation
 
 
@@ -88,15 +89,31 @@ def test_parse_args_builds_the_config(tmp_path):
 )
 def test_parse_args_rejects_bad_values(tmp_path, extra, message):
     with pytest.raises(ConfigError, match=message):
-        parse_args(["--model", "m", "--out", str(tmp_path / "o"), *extra])
+        parse(["--model", "m", "--out", str(tmp_path / "o"), *extra])
 
 
-def test_parse_args_refuses_existing_output(tmp_path):
-    (tmp_path / "o").mkdir()
-    (tmp_path / "o" / "keep.txt").write_text("x")
-    with pytest.raises(ConfigError, match="--overwrite"):
-        parse_args(["--model", "m", "--out", str(tmp_path / "o")])
-    assert parse_args(["--model", "m", "--out", str(tmp_path / "o"), "--overwrite"]).overwrite
+def test_existing_output_needs_overwrite_and_lcc_ownership(ckpt, tmp_path, capsys):
+    user = tmp_path / "o"
+    user.mkdir()
+    (user / "keep.txt").write_text("x")
+    argv = ["--dense", str(ckpt), "--method", "magnitude", "--out", str(user), "--quiet"]
+    assert main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 2  # a folder lcc_lens did not write is never replaced
+    err = capsys.readouterr().err
+    assert "did not write" in err and "keep.txt" in err
+    assert sorted(p.name for p in user.iterdir()) == ["keep.txt"]
+    assert parse([*argv, "--overwrite"]).overwrite  # parsing alone checks nothing on disk
+    own = tmp_path / "own"
+    assert main(["--dense", str(ckpt), "--method", "magnitude", "--out", str(own), "--quiet"]) == 0
+    assert main(["--dense", str(ckpt), "--method", "magnitude", "--out", str(own), "--quiet"]) == 2
+    rc = main(
+        ["--dense", str(ckpt), "--method", "magnitude", "--sparsity", "0.25", "--out", str(own)]
+        + ["--quiet", "--overwrite"]
+    )
+    assert rc == 0
+    assert json.loads((own / "prune_report.json").read_text())["config"]["sparsity"] == 0.25
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "own"]  # no temporary left
 
 
 def test_cli_writes_checkpoint_and_report(ckpt, tmp_path):

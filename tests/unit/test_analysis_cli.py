@@ -1,85 +1,72 @@
-"""The analysis scripts' argument parsing (argv -> frozen config), without running them."""
+"""The analysis package: argument parsing, reports, and the ablations + findings run on a tiny pair."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
+import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from lcc_lens.fit import FitConfig
+
 ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = ("ablations", "findings", "prune_perplexity", "benchmark_prune", "perplexity_agreement")
 
 
-def _load(name: str):
-    sys.path.insert(0, str(ROOT))
-    spec = importlib.util.spec_from_file_location(
-        f"analysis.{name}", ROOT / "analysis" / f"{name}.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up here
-    spec.loader.exec_module(mod)
-    return mod
+@pytest.fixture
+def analysis(monkeypatch):
+    """Import ``analysis.<name>`` as ``python -m`` does from the repository root."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    return lambda name: importlib.import_module(f"analysis.{name}")
 
 
-def test_ablations_parse_defaults_and_overrides(tmp_path):
-    mod = _load("ablations")
+def test_ablations_parse_defaults_and_overrides(analysis, tmp_path):
+    mod, common = analysis("ablations"), analysis("common")
     cfg = mod.parse_args([])
-    assert cfg.setup.dense == "embedded" and cfg.steps == 16 and cfg.only == ()
-    assert cfg.objective == "lm"  # the paper's objective and the library's default
-    common = _load("common")
-    fit = common.fit_record(
-        mod.TrainConfig(objective=cfg.objective, steps=3), cfg.setup, fraction=0.1
-    )
-    assert (fit["objective"], fit["steps"], fit["fraction"]) == ("lm", 3, 0.1)
-    assert fit["setup"]["n_train"] == cfg.setup.n_train
-    assert common.describe_fit(fit).startswith("objective lm, 3 steps of batch")
-    cfg = mod.parse_args(
-        [
-            "--steps",
-            "3",
-            "--n-train",
-            "32",
-            "--max-length",
-            "64",
-            "--only",
-            "base,k10",
-            "--out",
-            str(tmp_path),
-        ]
-    )
-    assert (cfg.steps, cfg.setup.n_train, cfg.setup.max_length) == (3, 32, 64)
-    assert cfg.setup.n_diff == 32 and cfg.only == ("base", "k10") and cfg.out == tmp_path
+    assert cfg.fit.dense == "embedded" and cfg.fit.train.steps == 16 and cfg.only == ()
+    assert cfg.fit.train.objective == "lm"  # the paper's objective and the library's default
+    fit = common.fit_record(cfg.fit, fraction=0.1)
+    assert (fit["objective"], fit["steps"], fit["fraction"]) == ("lm", 16, 0.1)
+    assert fit["n_train"] == cfg.fit.data.n_train == 128
+    assert common.describe_fit(fit).startswith("objective lm, 16 steps of batch")
+    argv = ["--steps", "3", "--n-train", "32", "--max-length", "64", "--only", "base,k10"]
+    cfg = mod.parse_args([*argv, "--out", str(tmp_path)])
+    assert (cfg.fit.train.steps, cfg.fit.data.n_train, cfg.fit.max_length) == (3, 32, 64)
+    assert cfg.fit.data.n_diff_prompts == 32 and cfg.only == ("base", "k10")
+    assert cfg.out == tmp_path
     assert [mod.VARIANTS[mod.SHORT[s]].k for s in cfg.only] == [1, 10]
+    v = mod.variant_config(cfg.fit, mod.VARIANTS[mod.SHORT["no_b"]])
+    assert v.compensation.use_bias is False and v.train == cfg.fit.train
 
 
-def test_ablations_rejects_unknown_variant():
-    mod = _load("ablations")
+def test_ablations_rejects_unknown_variant(analysis):
     with pytest.raises(SystemExit):
-        mod.parse_args(["--only", "base,nonsense"])
+        analysis("ablations").parse_args(["--only", "base,nonsense"])
 
 
-def test_findings_parse(tmp_path):
-    mod = _load("findings")
+def test_findings_parse(analysis, tmp_path):
+    mod = analysis("findings")
     cfg = mod.parse_args(["--out", str(tmp_path), "--no-reuse", "--batch-size", "4"])
-    assert cfg.reuse is None and cfg.batch_size == 4 and cfg.out == tmp_path
-    assert cfg.objective == "lm"
-    assert mod.parse_args(["--objective", "kl"]).objective == "kl"
+    assert cfg.reuse is None and cfg.fit.train.batch_size == 4 and cfg.out == tmp_path
+    assert cfg.fit.train.objective == "lm"
+    assert mod.parse_args(["--objective", "kl"]).fit.train.objective == "kl"
     assert mod.parse_args(["--out", str(tmp_path)]).reuse == tmp_path / "base_fit"
 
 
-def test_markdown_table():
-    common = _load("common")
-    text = common.markdown_table([{"a": 1.23456, "b": "x"}, {"a": float("nan")}], ["a", "b"])
+def test_markdown_table(analysis):
+    text = analysis("common").markdown_table(
+        [{"a": 1.23456, "b": "x"}, {"a": float("nan")}], ["a", "b"]
+    )
     assert text.splitlines() == ["| a | b |", "|---|---|", "| 1.235 | x |", "| nan |  |"]
 
 
-def test_ablations_report_only_from_rows(tmp_path):
-    import json
-
+def test_ablations_report_only_from_rows(analysis, tmp_path):
     from lcc_lens.tiny import save_tiny_checkpoint
 
-    mod = _load("ablations")
+    mod = analysis("ablations")
     dense = save_tiny_checkpoint(tmp_path / "dense", "llama", seed=1)
     row = {
         "variant": mod.VARIANTS[0].name,
@@ -102,3 +89,54 @@ def test_ablations_report_only_from_rows(tmp_path):
     # the log-perplexity gap is recomputed from the perplexities: ln(31/27) / ln(31/17)
     assert "gap closed (NLL)" in text and "| 0.23 |" in text
     assert (tmp_path / "figures" / "ablations_gap.html").is_file()
+
+
+def test_ablations_then_findings_run_on_a_tiny_pair(analysis, llama_pair_dirs, tmp_path):
+    """The scripts run end to end through the fit's stages; findings reuses the ablations' base fit."""
+    dense, pruned = llama_pair_dirs
+    fit = FitConfig.from_dict(
+        {
+            "dense": str(dense),
+            "pruned": str(pruned),
+            "device": "cpu",
+            "max_length": 128,
+            "data": {
+                "n_train": 16,
+                "n_diff_prompts": 8,
+                "n_probe": 8,
+                "fit_domains": ["python_docs"],  # three held-out domains instead of four
+            },
+            "probe": {"n_pairs": 12},
+            "select": {"probe_permutations": 4, "probe_splits": 2},
+            "train": {"steps": 2, "batch_size": 4},
+            "eval": {"windows": 2, "context_length": 64, "bootstrap": 0},
+        }
+    )
+    ablations = analysis("ablations")
+    cfg = ablations.AblationConfig(fit, only=("base", "lc"), out=tmp_path)
+    rows = ablations.run(cfg)
+    assert [r["variant"] for r in rows] == [ablations.VARIANTS[i].name for i in (0, 10)]
+    assert all(r["held-out PPL"] > 0 for r in rows)
+    assert (tmp_path / "ablations.md").is_file() and (
+        tmp_path / "base_fit" / "ranking.json"
+    ).is_file()
+    findings = analysis("findings")
+    fcfg = findings.FindingsConfig(
+        fit, n_task=4, n_heldout=4, component_windows=1, reuse=tmp_path / "base_fit", out=tmp_path
+    )
+    report = findings.run(fcfg).read_text()
+    assert "the ablations' base fit" in report and "Logit lens" in report
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_scripts_run_as_modules(name):
+    """``python -m analysis.<name> --help`` from the repository root (no sys.path edits)."""
+    out = subprocess.run(
+        [sys.executable, "-m", f"analysis.{name}", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "usage" in out.stdout

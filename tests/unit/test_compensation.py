@@ -153,3 +153,39 @@ def test_invalid_construction(bridge):
     comp = Compensation(other, [(0, 1)], None, use_directions=False)
     with pytest.raises(ConfigError, match="compensation is for"), comp.attach(bridge):
         pass
+
+
+@pytest.mark.parametrize(
+    "geometry",
+    [
+        "{oops",
+        '{"n_layers": 3}',
+        '["not", "a", "mapping"]',
+        '{"architecture": "x", "n_layers": '
+        '"3", "n_heads": 4, "n_kv_heads": 2, "d_head": 16, "d_model": 64, "d_vocab": 512}',
+    ],
+)
+def test_corrupt_metadata_is_a_clear_error(tmp_path, bridge, geometry):
+    comp = _random_comp(HeadGeometry.of(bridge))
+    path = comp.save(tmp_path / "c.safetensors")
+    tensors = load_file(str(path))
+    save_file(
+        tensors, str(path), metadata={"format": "lcc_lens.compensation/1", "geometry": geometry}
+    )
+    with pytest.raises(CompensationFileError, match="metadata"):
+        Compensation.load(path)
+    with pytest.raises(CompensationFileError, match="metadata"):
+        read_compensation_file(path)
+
+
+def test_compensation_config_validates():
+    from lcc_lens.compensation import CompensationConfig
+
+    assert CompensationConfig().k == 1
+    for bad, match in (
+        (dict(k=0), "k must be"),
+        (dict(use_directions=False, use_bias=False), "at least one"),
+        (dict(init="lost_component", use_bias=False), "use_bias"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            CompensationConfig(**bad)

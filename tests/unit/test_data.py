@@ -83,3 +83,67 @@ def test_offline_data_is_deterministic_and_split():
     assert not {e.prompt for e in a} & {e.prompt for e in val}
     tr, va = split_examples(a, 0.25, seed=0)
     assert len(va) == 5 and len(tr) == 15 and not set(tr) & set(va)
+
+
+def test_corpora_and_offline_name_the_same_source():
+    assert load_examples("corpora", n=8, seed=1) == load_examples("offline", n=8, seed=1)
+
+
+def test_a_txt_file_is_one_document_cut_into_passages(tmp_path):
+    from lcc_lens.data import text_file_passages
+
+    paras = [f"Paragraph {i} " + "word " * 30 for i in range(6)]
+    f = tmp_path / "doc.txt"
+    f.write_text("\n\n".join(paras))
+    got = text_file_passages(f, min_chars=200, max_chars=2000)
+    assert all(len(p) >= 200 for p in got[:-1])
+    assert "".join(got).replace("\n\n", "") == "".join(p.strip() for p in paras)
+    examples = load_examples(str(f))
+    assert len(examples) == len(got)
+
+
+def test_fit_data_leaves_the_test_domain_out():
+    from dataclasses import fields
+
+    from lcc_lens.data import DataConfig, fit_data
+
+    cfg = DataConfig(n_train=24, n_diff_prompts=8, n_probe=6)
+    assert all(f.metadata.get("help") for f in fields(DataConfig))
+    data = fit_data(cfg)
+    assert data.eval_roles[cfg.test_domain] == "test"
+    assert data.eval_roles[cfg.validation_domain] == "validation"
+    assert cfg.test_domain not in data.domains["fit"] + data.domains["calibration"]
+    assert len(data.train) == 24 and len(data.validation) == 3
+    assert len(data.diff_prompts) == 8 and len(data.probe) == 6
+    assert data.diff_prompts == tuple(e.prompt for e in data.train[:8])
+    # the held-out test text is none of the fit text
+    fit_text = "\n".join(data.fit_passages)
+    assert not any(doc[:200] in fit_text for doc in data.eval_texts[cfg.test_domain][:20])
+    again = fit_data(cfg)
+    assert again.train == data.train and again.describe() == data.describe()
+    assert fit_data(cfg, seed=1).train != data.train
+    described = data.describe()
+    assert described["domains"]["test"] == [cfg.test_domain]
+
+
+def test_data_config_rejects_an_in_domain_headline():
+    from lcc_lens.data import DataConfig
+    from lcc_lens.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="out of domain"):
+        DataConfig(fit_domains=("python_docs", "speeches"))
+    with pytest.raises(ConfigError, match="validation_domain equals"):
+        DataConfig(validation_domain="speeches")
+    with pytest.raises(ConfigError, match="unknown text domain"):
+        DataConfig(test_domain="wikipedia")
+
+
+def test_targets_all_scores_every_token_after_the_first():
+    tok = tiny_tokenizer()
+    ex = load_examples("corpora", n=3)
+    resp = encode(tok, ex, 64)
+    every = encode(tok, ex, 64, targets="all")
+    for r, a in zip(resp, every, strict=True):
+        assert r.input_ids == a.input_ids
+        assert a.response_mask == [0] + [1] * (len(a.input_ids) - 1)
+        assert sum(r.response_mask) < sum(a.response_mask)

@@ -5,8 +5,17 @@ import pytest
 import torch
 
 from lcc_lens.components import cached_lost_components, lost_components
-from lcc_lens.diff import DiffConfig, head_diffs, hook_z_name, tokenize_prompts
+from lcc_lens.diff import (
+    DiffAccumulator,
+    DiffConfig,
+    accumulate_diffs,
+    diff_batches,
+    head_diffs,
+    reservoir_slots,
+    tokenize_prompts,
+)
 from lcc_lens.errors import ConfigError, DataError
+from lcc_lens.hooks import hook_z_name
 from lcc_lens.models import ModelPair
 
 PROMPTS = [
@@ -111,17 +120,90 @@ def test_directions_zero_padded_when_few_samples():
         lost_components(dz, k=9)
 
 
-def test_components_cache_is_keyed_by_content(pair, tmp_path, llama_pair_dirs):
+def test_components_cache_is_keyed_by_content(pair, tmp_path, llama_pair_dirs, monkeypatch):
+    import lcc_lens.components as components
+
     cfg = DiffConfig(positions="last")
     a, diff_a = cached_lost_components(pair, PROMPTS, cfg, k=1, cache_dir=tmp_path)
+    calls = []
+    real = components.head_diffs
+    monkeypatch.setattr(
+        components, "head_diffs", lambda *a, **kw: calls.append(1) or real(*a, **kw)
+    )
     b, diff_b = cached_lost_components(pair, PROMPTS, cfg, k=1, cache_dir=tmp_path)
-    assert diff_a is not None and diff_b is None  # second call read the cache
-    torch.testing.assert_close(a.components, b.components)
-    _, diff_c = cached_lost_components(pair, PROMPTS[:3], cfg, k=1, cache_dir=tmp_path)
-    assert diff_c is not None  # other prompts: recomputed
+    assert calls == []  # second call read the cache, and the cache hit keeps the whole diff
+    torch.testing.assert_close(a.components, b.components, rtol=0, atol=0)
+    torch.testing.assert_close(a.directions, b.directions, rtol=0, atol=0)
+    for name in ("samples", "dz_norm", "dense_norm", "cosine", "mean_dz"):
+        torch.testing.assert_close(getattr(diff_a, name), getattr(diff_b, name), rtol=0, atol=0)
+    assert (diff_b.n_positions, diff_b.geometry, diff_b.config) == (
+        diff_a.n_positions,
+        diff_a.geometry,
+        diff_a.config,
+    )
+    cached_lost_components(pair, PROMPTS[:3], cfg, k=1, cache_dir=tmp_path)
+    assert calls == [1]  # other prompts: recomputed
     # Same names, other weights: a different pruned model must not hit the cache.
     other = ModelPair.load(*llama_pair_dirs)
     with torch.no_grad():
         next(p for n, p in other.pruned.named_parameters() if "o_proj" in n).mul_(0.5)
-    _, diff_d = cached_lost_components(other, PROMPTS, cfg, k=1, cache_dir=tmp_path)
-    assert diff_d is not None
+    cached_lost_components(other, PROMPTS, cfg, k=1, cache_dir=tmp_path)
+    assert calls == [1, 1]
+    # A corrupt entry is recomputed, not trusted.
+    for entry in tmp_path.glob("*.safetensors"):
+        entry.write_bytes(b"not a safetensors file")
+    again, _ = cached_lost_components(pair, PROMPTS, cfg, k=1, cache_dir=tmp_path)
+    assert calls == [1, 1, 1]
+    torch.testing.assert_close(again.components, a.components, rtol=0, atol=0)
+
+
+def test_weights_fingerprint_follows_in_place_edits_through_data(llama_pair_dirs):
+    """Re-pruning in place through .data (which bumps no version counter) changes the fingerprint."""
+    from lcc_lens.components import weights_fingerprint
+    from lcc_lens.models import load_bridge
+
+    bridge, _ = load_bridge(llama_pair_dirs[0])
+    before = weights_fingerprint(bridge)
+    assert weights_fingerprint(bridge) == before  # stable for unchanged content
+    weight = next(p for n, p in bridge.named_parameters() if "q_proj" in n)
+    version = weight._version
+    weight.data[:, : weight.shape[1] // 2] = 0.0
+    assert weight._version == version  # the edit is invisible to version-keyed memos
+    assert weights_fingerprint(bridge) != before
+    twin, _ = load_bridge(llama_pair_dirs[0])
+    assert weights_fingerprint(twin) == before  # the same content gives the same key
+
+
+@pytest.mark.parametrize("positions, max_samples", [("last", 1024), ("all", 9)])
+def test_shards_merge_into_the_single_pass_result(pair, positions, max_samples):
+    """Data-parallel layout: disjoint shards of the batches, merged, equal one pass over all of them."""
+    cfg = DiffConfig(positions=positions, max_samples=max_samples, batch_size=2)
+    whole = head_diffs(pair, PROMPTS, cfg)
+    batches = diff_batches(pair.tokenizer, PROMPTS, cfg, pair.device)
+    # rank 1's shard first: the merge must not depend on the order shards arrive in
+    acc = accumulate_diffs(pair, batches[2:], cfg, show_progress=False)
+    acc.merge(accumulate_diffs(pair, batches[:2], cfg, show_progress=False))
+    merged = acc.result()
+    assert merged.n_positions == whole.n_positions
+    torch.testing.assert_close(merged.samples, whole.samples, rtol=0, atol=0)
+    for name in ("dz_norm", "dense_norm", "cosine", "mean_dz"):
+        torch.testing.assert_close(getattr(merged, name), getattr(whole, name))
+    with pytest.raises(ConfigError, match="different settings"):
+        acc.merge(DiffAccumulator(pair.geometry, DiffConfig(seed=5)))
+
+
+def test_reservoir_keeps_every_row_with_equal_probability():
+    n, cap, runs = 400, 40, 300
+    counts = torch.zeros(n)
+    for seed in range(runs):
+        slots = reservoir_slots(torch.arange(n), cap, seed)
+        assert torch.equal(slots[:cap], torch.arange(cap))
+        final = torch.full((cap,), -1)
+        for t, s in enumerate(slots.tolist()):  # sequential algorithm R with these draws
+            if s >= 0:
+                final[s] = t
+        counts[final] += 1
+    rate = counts / runs  # expected cap / n = 0.1 for every row
+    assert abs(float(rate[:cap].mean()) - 0.1) < 0.02
+    assert abs(float(rate[-cap:].mean()) - 0.1) < 0.02
+    assert abs(float(rate.mean()) - 0.1) < 1e-6

@@ -1,4 +1,4 @@
-"""``python -m lcc_lens.eval``: argument parsing, a tiny end-to-end run, and bad input."""
+"""``lcc eval`` / ``python -m lcc_lens.eval``: argument parsing, a tiny end-to-end run, and bad input."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import json
 import pytest
 
 from lcc_lens.errors import ConfigError
-from lcc_lens.eval import main, parse_args, run
+from lcc_lens.eval import main, parse, parse_args
+from lcc_lens.evaluation.compare import compare, write_report
 from lcc_lens.evaluation.harness import PAPER_TASKS
 from lcc_lens.evaluation.suite import SUITE_TASKS
 from lcc_lens.tiny import save_tiny_checkpoint
@@ -51,8 +52,23 @@ def test_parse_rejects_bad_arguments(argv, match):
 
 
 def test_parse_requires_a_model():
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="no model given"):
         parse_args([])
+
+
+def test_parse_named_roles_and_out_suffix(tmp_path):
+    cfg = parse_args(["--dense", "d", "--pruned", "p", "--restored", "a", "--restored", "x=b"])
+    assert [(m.label, m.role, m.source) for m in cfg.models] == [
+        ("dense", "dense", "d"),
+        ("pruned", "pruned", "p"),
+        ("restored", "restored", "a"),
+        ("x", "restored", "b"),
+    ]
+    with pytest.raises(ConfigError, match="either with --model"):
+        parse_args(["--dense", "d", "--model", "p"])
+    with pytest.raises(ConfigError, match=".json file path"):
+        parse(["--dense", "d", "--out", str(tmp_path / "results")])
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +97,8 @@ def test_run_end_to_end_on_tiny_checkpoints(tmp_path, checkpoints):
         "--out",
         str(out),
     ]
-    report = run(parse_args(argv))
+    report = compare(parse_args(argv))
+    write_report(report, out)
     saved = json.loads(out.read_text())
     assert saved["comparison"] == json.loads(json.dumps(report["comparison"]))
     assert [m["role"] for m in saved["models"]] == ["dense", "pruned", "restored"]
@@ -97,6 +114,13 @@ def test_run_end_to_end_on_tiny_checkpoints(tmp_path, checkpoints):
     assert saved["models"][0]["perplexity"]["n_windows"] == 2
     table = out.with_suffix(".md").read_text()
     assert "gap closed (restored)" in table and "dense (dense)" in table
+    # perplexity follows the evaluation protocol: out-of-domain test domain first, paired windows
+    protocol = saved["protocol"]
+    first = next(iter(protocol["domains"].values()))
+    assert first["role"] == "test" and first["n_windows"] == 2
+    assert saved["models"][0]["perplexity"]["domain"] == next(iter(protocol["domains"]))
+    assert set(first["gap_closed"]["restored"]) == {"nll", "nll_low", "nll_high", "ppl"}
+    assert "NLL gap closed restored" in table
 
 
 def test_main_exit_codes_on_bad_input(tmp_path, checkpoints, capsys):

@@ -1,4 +1,5 @@
-"""The offline suite: deterministic, held-out only (test split), well-formed items, clear errors."""
+"""The offline suite: deterministic, held-out only (test split of the held-out domain), well-formed items,
+clear errors."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import json
 
 import pytest
 
-from lcc_lens.corpora import SPLITS, split_documents
+from lcc_lens.corpora import DOMAINS, SPLITS, split_documents
 from lcc_lens.errors import DataError
 from lcc_lens.evaluation.suite import (
+    SUITE_DOMAINS,
     SUITE_TASKS,
     SuiteSizes,
     build_offline_suite,
@@ -26,7 +28,10 @@ def _rows(directory, task):
 
 @pytest.fixture(scope="module")
 def docs():
-    return {split: {(d.source, d.name): d.text for d in split_documents(split)} for split in SPLITS}
+    return {
+        split: {(d.source, d.name): d.text for d in split_documents(split, DOMAINS)}
+        for split in SPLITS
+    }
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +74,7 @@ def test_items_come_only_from_the_test_split(suite, docs):
         for row in _rows(directory, task):
             key = (row["source"], row["document"])
             assert key in held_out and key not in others
+            assert row["source"] in SUITE_DOMAINS  # only the held-out domain
             doc, at = held_out[key], row["offset"]
             if task == "lcc_heldout_ppl":
                 assert doc[at : at + len(row["text"])] == row["text"]

@@ -48,3 +48,15 @@ def test_resolve_source_errors(tmp_path):
         resolve_model_source(tmp_path)
     with pytest.raises(LccError, match="does not exist"):
         resolve_model_source(tmp_path / "missing")
+
+
+def test_tiny_gemma3_layout_has_sliding_and_global_layers():
+    from lcc_lens.tiny import tiny_model
+
+    model = tiny_model("gemma3")
+    cfg = model.config
+    assert type(model).__name__ == "Gemma3ForCausalLM"
+    assert cfg.layer_types == ["sliding_attention", "sliding_attention", "full_attention"]
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim) == (4, 1, 16)
+    norm = model.model.layers[0].input_layernorm.weight
+    assert norm.abs().max() > 0.1  # (1 + w) norms get non-trivial weights

@@ -13,7 +13,7 @@ from lcc_lens.compensation import Compensation
 from lcc_lens.components import lost_components
 from lcc_lens.diff import DiffConfig, head_diffs
 from lcc_lens.errors import ConfigError
-from lcc_lens.logit_lens import AnswerPair, logit_gain, logit_lens
+from lcc_lens.lens import AnswerPair, logit_gain, logit_lens
 from lcc_lens.models import ModelPair
 
 PROMPTS = [

@@ -9,7 +9,7 @@ from lcc_lens.compensation import Compensation
 from lcc_lens.components import lost_components
 from lcc_lens.diff import DiffConfig, head_diffs, tokenize_prompts
 from lcc_lens.errors import ConfigError, DataError
-from lcc_lens.logit_lens import (
+from lcc_lens.lens import (
     AnswerPair,
     _token_text,
     direct_logits,
@@ -200,3 +200,13 @@ class _FakeTok:
 )
 def test_token_text_is_printable(raw, shown):
     assert _token_text(_FakeTok(raw), 0) == shown
+
+
+def test_restoration_with_a_given_base_equals_one_pass(pair):
+    cfg = DiffConfig(positions="all", max_samples=4096)
+    comp = _comp(pair, scale=0.5)
+    one_pass = restoration_stats(pair, comp, PROMPTS, cfg)
+    given = restoration_stats(pair, comp, PROMPTS, cfg, base=head_diffs(pair, PROMPTS, cfg))
+    for name in ("rel_residual", "static_rel_residual", "cosine", "norm_ratio", "restored_dz_norm"):
+        torch.testing.assert_close(getattr(one_pass, name), getattr(given, name), rtol=0, atol=0)
+    assert (one_pass.rel_residual[comp.heads[:, 0], comp.heads[:, 1]] < 1).all()

@@ -12,7 +12,8 @@ of the residual, the direct logit change is ((w * centre(delta)) @ W_U) / s. Her
   and the unembedding do not depend on delta and are left out.
 * :func:`logit_gain` measures, on task prompts, each head's direct contribution to the correct-minus-wrong
   logit difference at the last prompt token, dividing by the actual scale s of the restored model's final
-  residual at that position (read at ``ln_final.hook_in``): the paper's per-head logit gain.
+  residual at that position (read at :data:`lcc_lens.hooks.FINAL_NORM_IN`): the paper's per-head logit
+  gain.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from torch import Tensor
 from lcc_lens.compensation import Compensation
 from lcc_lens.diff import tokenize_prompts
 from lcc_lens.errors import ConfigError, DataError
+from lcc_lens.hooks import FINAL_NORM_IN, temporary_hooks
 from lcc_lens.models import HeadGeometry, ModelPair
 from lcc_lens.types import ZOffsets
 
@@ -175,20 +177,6 @@ class AnswerPair:
     wrong: str
 
 
-def answer_pairs_from_examples(examples: Sequence) -> list[AnswerPair]:
-    """lcc_lens.data.Example (prompt, response, negatives) -> AnswerPairs (first negative as the wrong one)."""
-    pairs = [
-        AnswerPair(ex.prompt, ex.response, ex.negatives[0])
-        for ex in examples
-        if getattr(ex, "negatives", ())
-    ]
-    if not pairs:
-        raise DataError(
-            "none of the examples has a negative response; logit gain needs wrong answers."
-        )
-    return pairs
-
-
 def answer_pairs_from_choices(items: Sequence[Mapping[str, Any]]) -> list[AnswerPair]:
     """Multiple-choice items (``context``, ``choices``, ``label``, as in lcc_lens.evaluation.suite) ->
     AnswerPairs: the labelled choice against the first other choice."""
@@ -283,7 +271,7 @@ def logit_gain(
 
         with (
             compensation.attach(pair.pruned),
-            pair.pruned.hooks(fwd_hooks=[("ln_final.hook_in", grab)]),
+            temporary_hooks(pair.pruned, [(FINAL_NORM_IN, grab)]),
         ):
             restored = pair.pruned(ids, attention_mask=attn, return_type="logits")[rows, last]
         pruned = pair.pruned(ids, attention_mask=attn, return_type="logits")[rows, last]

@@ -1,0 +1,1 @@
+"""Real-model analyses of lcc_lens, run as ``python -m analysis.<script>`` from the repository root."""

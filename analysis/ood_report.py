@@ -1,0 +1,249 @@
+"""Tables of the out-of-domain experiments, generated from the committed JSON of ``analysis.ood_sweep``.
+
+Reads ``analysis/results/ood/records/*.json`` and writes ``analysis/results/ood/summary.json`` and
+``analysis/results/ood/results.md``: per setting and domain (out-of-domain test first, then the
+validation domain that chose the default, then in domain), the NLL gap closed (headline) and the
+perplexity-scale gap as mean +- sd over seeds, the held-out task accuracy gap, and the dense control.
+
+    python -m analysis.ood_report
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from lcc_lens.evaluation.gap import nll_gap_closed, ppl_gap_closed
+from lcc_lens.evaluation.heldout_tasks import task_gap_closed
+
+ROOT = Path(__file__).resolve().parent / "results" / "ood"
+ROLE_ORDER = {"test": 0, "validation": 1, "in_domain": 2}
+README_SETTING = "kl_all_free_short"
+"""The setting the README reports (the only one measured with three seeds)."""
+
+
+def _ms(values: list[float | None]) -> dict[str, Any]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "sd": None, "n": 0, "values": values}
+    sd = statistics.stdev(vals) if len(vals) > 1 else None
+    return {"mean": statistics.fmean(vals), "sd": sd, "n": len(vals), "values": values}
+
+
+def _fmt(cell: dict[str, Any], pct: bool = True) -> str:
+    if cell["mean"] is None:
+        return "-"
+    m = f"{cell['mean']:.1%}" if pct else f"{cell['mean']:.4f}"
+    if cell["sd"] is None:
+        return f"{m} (n={cell['n']})"
+    sd = f"{cell['sd']:.1%}" if pct else f"{cell['sd']:.4f}"
+    return f"{m} ± {sd} (n={cell['n']})"
+
+
+def _run_rows(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per domain: role, tokens, NLLs, gaps and the dense control of one run."""
+    out = {}
+    for domain, d in run["protocol"]["domains"].items():
+        nll = d["nll"]
+        row = {
+            "role": d["role"],
+            "n_tokens": d["n_tokens"],
+            "nll": nll,
+            "nll_gap": nll_gap_closed(nll["dense"], nll["pruned"], nll["restored"]),
+            "ppl_gap": ppl_gap_closed(nll["dense"], nll["pruned"], nll["restored"]),
+            "ci": [
+                d["gap_closed"]["restored"]["nll_low"],
+                d["gap_closed"]["restored"]["nll_high"],
+            ],
+        }
+        if "dense_control" in nll:
+            # how much the same fit lowers the DENSE model's NLL, in units of the pruning gap
+            row["dense_control"] = (nll["dense"] - nll["dense_control"]) / (
+                nll["pruned"] - nll["dense"]
+            )
+        out[domain] = row
+    return out
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    by_setting: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        by_setting[run["setting"]].append(run)
+    summary: dict[str, Any] = {}
+    for setting, group in sorted(by_setting.items()):
+        group.sort(key=lambda r: r["seed"])
+        rows = [_run_rows(r) for r in group]
+        domains = sorted(rows[0], key=lambda k: (ROLE_ORDER.get(rows[0][k]["role"], 9), k))
+        entry: dict[str, Any] = {
+            "seeds": [r["seed"] for r in group],
+            "settings": group[0]["settings"],
+            "data": group[0]["data"]["domains"],
+            "commands": [r["command"] for r in group],
+            "notes": [r["dense_control_removed"] for r in group if r.get("dense_control_removed")],
+            "fit_seconds": _ms([r["fit_seconds"] for r in group]),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in group),
+            "domains": {},
+        }
+        for dom in domains:
+            cells = [rw[dom] for rw in rows if dom in rw]
+            entry["domains"][dom] = {
+                "role": cells[0]["role"],
+                "n_tokens": cells[0]["n_tokens"],
+                "nll_dense": cells[0]["nll"]["dense"],
+                "nll_pruned": cells[0]["nll"]["pruned"],
+                "nll_restored": _ms([c["nll"]["restored"] for c in cells]),
+                "nll_gap_closed": _ms([c["nll_gap"] for c in cells]),
+                "ppl_gap_closed": _ms([c["ppl_gap"] for c in cells]),
+                "nll_gap_ci_per_seed": [c["ci"] for c in cells],
+                "dense_control": _ms([c.get("dense_control") for c in cells]),
+            }
+        tasks = [task_gap_closed(r["tasks"], "restored") for r in group]
+        entry["tasks"] = {
+            "domain": group[0]["tasks"]["domain"],
+            "n_items": group[0]["tasks"]["n_items"],
+            "accuracy": {
+                task: {
+                    m: group[0]["tasks"][task][m]["acc_norm" if task == "next_passage" else "acc"]
+                    for m in ("dense", "pruned")
+                }
+                | {
+                    "restored": _ms(
+                        [
+                            r["tasks"][task]["restored"][
+                                "acc_norm" if task == "next_passage" else "acc"
+                            ]
+                            for r in group
+                        ]
+                    )
+                }
+                for task in ("next_passage", "last_word")
+            },
+            "gap_closed": {k: _ms([t[k] for t in tasks]) for k in tasks[0]},
+        }
+        summary[setting] = entry
+    return summary
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    lines = [
+        "# Out-of-domain restoration (issue 11)",
+        "",
+        "Generated by `python -m analysis.ood_report` from `analysis/results/ood/records/*.json` (written "
+        "by `python -m analysis.ood_sweep`). Embedded SmolLM2-135M-Instruct, Wanda 50 %. Calibration "
+        "and fitting on python_docs + shakespeare; the validation domain (dialogue) is the one that may "
+        "choose defaults; the test domain (speeches) was never used for calibration, fitting or "
+        "choosing. Gap closed = "
+        "(pruned - restored) / (pruned - dense) on the NLL scale (headline; the perplexity-scale figure "
+        "is secondary); mean ± sd over seeds. Dense control = how much the same fit lowers the dense "
+        "model's NLL, in units of the pruning gap (restoration the dense model also enjoys is domain "
+        "adaptation).",
+        "",
+    ]
+    for setting, e in summary.items():
+        s = e["settings"]
+        lines += [
+            f"## {setting}",
+            "",
+            f"objective {s['objective']} on {s['positions']} positions, heads {s['heads']}, "
+            f"{'offsets over lost directions' if s['use_directions'] else 'free constant offsets'}, "
+            f"lr {s['lr']}, {s['steps']} steps of {s['batch_size']} x {s['max_length']} tokens; "
+            f"seeds {e['seeds']}; fit {_fmt(e['fit_seconds'], pct=False)} s; peak RSS "
+            f"{e['peak_rss_mb']:.0f} MB.",
+            "",
+            "| domain | role | tokens | NLL dense | NLL pruned | NLL restored | NLL gap closed | "
+            "ppl-scale gap closed | dense control |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for dom, d in e["domains"].items():
+            lines.append(
+                f"| {dom} | {d['role']} | {d['n_tokens']} | {d['nll_dense']:.4f} | "
+                f"{d['nll_pruned']:.4f} | {_fmt(d['nll_restored'], pct=False)} | "
+                f"{_fmt(d['nll_gap_closed'])} | {_fmt(d['ppl_gap_closed'])} | "
+                f"{_fmt(d['dense_control'])} |"
+            )
+        t = e["tasks"]
+        lines += [
+            "",
+            f"Held-out tasks ({t['domain']}, {t['n_items']} items each):",
+            "",
+            "| task | dense | pruned | restored | accuracy gap closed |",
+            "|---|---|---|---|---|",
+        ]
+        for task, acc in t["accuracy"].items():
+            lines.append(
+                f"| {task} | {acc['dense']:.3f} | {acc['pruned']:.3f} | "
+                f"{_fmt(acc['restored'], pct=False)} | {_fmt(t['gap_closed'][task])} |"
+            )
+        lines.append(f"| mean accuracy | | | | {_fmt(t['gap_closed']['mean_accuracy'])} |")
+        lines += ["", "Commands:", "", *[f"    {c}" for c in e["commands"]], ""]
+        lines += [f"Note: {n}" for n in e.get("notes", [])] + ([""] if e.get("notes") else [])
+    return "\n".join(lines) + "\n"
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BEGIN, END = "<!-- ood-results:begin -->", "<!-- ood-results:end -->"
+
+
+def readme_block(summary: dict[str, Any], setting: str) -> str:
+    """The README's short results table for ``setting``: out of domain first, both scales, control."""
+    e = summary[setting]
+    s = e["settings"]
+    lines = [
+        BEGIN,
+        f"Fit: {s['objective']} on {s['positions']} positions, {s['heads']} heads, "
+        f"{s['steps']} steps of {s['batch_size']} x {s['max_length']} tokens, lr {s['lr']}; "
+        f"seeds {e['seeds']} (mean ± sd); generated by `python -m analysis.ood_report` from "
+        "`analysis/results/ood/records/*.json`.",
+        "",
+        "| domain | role | tokens | NLL dense / pruned | NLL gap closed | ppl-scale gap | "
+        "dense control |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for dom, d in e["domains"].items():
+        lines.append(
+            f"| {dom} | {d['role']} | {d['n_tokens']} | {d['nll_dense']:.3f} / {d['nll_pruned']:.3f}"
+            f" | {_fmt(d['nll_gap_closed'])} | {_fmt(d['ppl_gap_closed'])} | "
+            f"{_fmt(d['dense_control'])} |"
+        )
+    t = e["tasks"]
+    lines += [
+        "",
+        f"Held-out tasks ({t['domain']}, {t['n_items']} items each), accuracy gap closed: next passage "
+        f"{_fmt(t['gap_closed']['next_passage'])}, last word {_fmt(t['gap_closed']['last_word'])}, "
+        f"mean accuracy {_fmt(t['gap_closed']['mean_accuracy'])}.",
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def update_readme(block: str) -> bool:
+    """Replace the text between the README's ood-results markers; False when the markers are absent."""
+    text = README.read_text(encoding="utf-8")
+    if BEGIN not in text or END not in text:
+        return False
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(head + block + tail, encoding="utf-8")
+    return True
+
+
+def main() -> int:
+    runs = [json.loads(p.read_text()) for p in sorted((ROOT / "records").glob("*.json"))]
+    if not runs:
+        raise SystemExit(
+            f"no records under {ROOT / 'records'}: run python -m analysis.ood_sweep first."
+        )
+    summary = summarise(runs)
+    (ROOT / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (ROOT / "results.md").write_text(markdown(summary))
+    print(f"wrote {ROOT / 'summary.json'} and {ROOT / 'results.md'}")
+    if README_SETTING in summary and update_readme(readme_block(summary, README_SETTING)):
+        print(f"updated the results block of {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

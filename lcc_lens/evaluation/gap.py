@@ -1,0 +1,92 @@
+"""The fraction of the dense-minus-pruned gap a restored model closes: the one definition of the project.
+
+    gap_closed = (t(R) - t(P)) / (t(D) - t(P))
+
+for a restored model R, the dense D and the pruned P, where ``t`` orients the metric so that higher is
+better: ``t(x) = x`` for accuracies, ``-x`` for lower-is-better metrics, ``-log(x)`` for perplexities.
+The headline is the NLL (log-perplexity) scale: mean negative log-likelihood is additive over tokens and
+one very large pruned perplexity cannot dominate it. The perplexity-scale figure ``(P - R) / (P - D)`` on
+raw perplexities is reported only as a secondary column (it flatters: perplexity is convex in NLL).
+1.0 means fully restored, 0.0 no better than pruned, negative worse; None when dense and pruned tie.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from lcc_lens.errors import ConfigError
+
+
+def oriented(value: float, higher_is_better: bool, log_scale: bool) -> float:
+    """``value`` turned so that higher is better (log first for perplexities)."""
+    if log_scale:
+        if value <= 0:
+            raise ConfigError(f"a perplexity must be positive, got {value}.")
+        value = math.log(value)
+    return value if higher_is_better else -value
+
+
+def gap_closed(
+    dense: float, pruned: float, restored: float, *, higher_is_better: bool, log_scale: bool = False
+) -> float | None:
+    """Fraction of the dense-minus-pruned gap that ``restored`` closes (see module doc).
+
+    ``log_scale=True`` compares perplexities in log-perplexity (mean NLL), the headline scale.
+    """
+    d, p, r = (oriented(v, higher_is_better, log_scale) for v in (dense, pruned, restored))
+    if d == p:
+        return None
+    return (r - p) / (d - p)
+
+
+def nll_gap_closed(dense_nll: float, pruned_nll: float, restored_nll: float) -> float | None:
+    """Gap closed on the NLL scale (nats per token; lower is better): the headline figure."""
+    return gap_closed(dense_nll, pruned_nll, restored_nll, higher_is_better=False)
+
+
+def ppl_gap_closed(dense_nll: float, pruned_nll: float, restored_nll: float) -> float | None:
+    """Gap closed on the raw perplexity scale, from NLLs: the secondary (flattering) column."""
+    return gap_closed(
+        math.exp(dense_nll), math.exp(pruned_nll), math.exp(restored_nll), higher_is_better=False
+    )
+
+
+def bootstrap_nll_gap(
+    dense_sums: Sequence[float],
+    pruned_sums: Sequence[float],
+    restored_sums: Sequence[float],
+    counts: Sequence[int],
+    *,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the NLL gap closed, resampling scored units (windows).
+
+    The three models are scored on the same units, so one resample draws the same units for all of
+    them (a paired bootstrap). ``*_sums`` are per-unit NLL sums, ``counts`` the tokens per unit.
+    """
+    n = len(counts)
+    if not (len(dense_sums) == len(pruned_sums) == len(restored_sums) == n):
+        raise ConfigError("bootstrap needs the same units for dense, pruned and restored.")
+    if n < 2 or n_boot < 1:
+        return None
+    if not 0 < confidence < 1:
+        raise ConfigError(f"confidence must be in (0, 1), got {confidence}.")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, n, (n_boot, n), generator=g)
+    sums = torch.tensor(
+        [list(dense_sums), list(pruned_sums), list(restored_sums)], dtype=torch.float64
+    )
+    tok = torch.tensor(list(counts), dtype=torch.float64)[idx].sum(1)
+    d, p, r = (sums[k][idx].sum(1) / tok for k in range(3))
+    ok = (p - d).abs() > 1e-12
+    if not bool(ok.any()):
+        return None
+    gaps = ((p - r) / (p - d))[ok]
+    alpha = (1 - confidence) / 2
+    q = torch.quantile(gaps, torch.tensor([alpha, 1 - alpha], dtype=torch.float64))
+    return float(q[0]), float(q[1])

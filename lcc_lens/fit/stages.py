@@ -1,0 +1,264 @@
+"""The stages of a fit, each with typed inputs and outputs; :func:`lcc_lens.fit.fit` composes them.
+
+resolve the pair -> choose the data once -> activation differences and lost components -> head
+selection -> compensation -> training -> evaluation (see :mod:`lcc_lens.fit.evaluate`) -> export ->
+writing the run directory (:mod:`lcc_lens.fit.run_dir`). Analysis scripts and notebooks call the same
+stages; none of them reaches back up the chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lcc_lens import distributed
+from lcc_lens.compensation import Compensation
+from lcc_lens.components import LostComponents, cached_lost_components, lost_components
+from lcc_lens.data import Encoded, FitData, encode, fit_data
+from lcc_lens.diff import HeadDiff
+from lcc_lens.errors import ConfigError
+from lcc_lens.fit.config import FitConfig
+from lcc_lens.models import ModelPair, resolve_device
+from lcc_lens.placement import parse_device_map
+from lcc_lens.probe_data import ProbeSample, fit_probe_items, probe_samples
+from lcc_lens.selection import HeadRanking, select_heads
+from lcc_lens.training import evaluate_loss, train
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ---- resolve the pair --------------------------------------------------------------------------
+
+
+@dataclass
+class ResolvedPair:
+    """The loaded dense/pruned pair and where the pruned checkpoint came from."""
+
+    pair: ModelPair
+    pruned_source: str
+
+
+def resolve_pruned(config: FitConfig) -> str:
+    """The pruned checkpoint: the given one, or the cached prune of ``config.dense`` by ``config.prune``."""
+    if config.pruned:
+        return config.pruned
+    from lcc_lens.pruning import cached_pruned_checkpoint
+
+    return str(cached_pruned_checkpoint(config.dense, config.prune))
+
+
+def resolve_pair(config: FitConfig) -> ResolvedPair:
+    """Prune if needed (cached), load both models and check the lengths fit the model's positions.
+
+    Under torchrun each rank loads the pair on its own device; rank 0 fills the prune cache first.
+    """
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    ctx = distributed.init_from_env(device)
+    device = distributed.rank_device(device, ctx)
+    with distributed.main_process_first():
+        pruned_source = resolve_pruned(config)
+    pair = ModelPair.load(
+        config.dense,
+        pruned_source,
+        dtype=DTYPES[config.dtype],
+        device=device,
+        device_map=parse_device_map(config.device_map),
+    )
+    g = pair.geometry
+    logger.info(
+        "pair: %s, %d layers x %d heads (d_head %d)",
+        g.architecture,
+        g.n_layers,
+        g.n_heads,
+        g.d_head,
+    )
+    check_lengths(config, pair)
+    return ResolvedPair(pair, pruned_source)
+
+
+def check_lengths(config: FitConfig, pair: ModelPair) -> None:
+    """Refuse sequence lengths beyond the model's positions before any stage runs."""
+    from lcc_lens.evaluation.perplexity import model_max_positions
+
+    limit = model_max_positions(pair.pruned)
+    if limit is None:
+        return
+    for name, value in (
+        ("max_length", config.max_length),
+        ("diff.max_length", config.diff.max_length),
+        ("eval.context_length", config.eval.context_length),
+    ):
+        if value > limit:
+            raise ConfigError(
+                f"{name}={value} exceeds the model's {limit} positions; choose {name} <= {limit}."
+            )
+
+
+# ---- choose the data once ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncodedData:
+    """The chosen texts and the tokenised training / validation examples."""
+
+    texts: FitData
+    train: list[Encoded]
+    validation: list[Encoded]
+
+
+def choose_data(config: FitConfig, tokenizer: Any, texts: FitData | None = None) -> EncodedData:
+    """Every text the run uses (``texts`` when given, else drawn from ``config.data``), tokenised."""
+    texts = texts if texts is not None else fit_data(config.data, seed=config.seed)
+    targets = texts.config.targets
+    train_enc = encode(tokenizer, texts.train, config.max_length, targets=targets)
+    val_enc = (
+        encode(tokenizer, texts.validation, config.max_length, targets=targets)
+        if texts.validation
+        else []
+    )
+    return EncodedData(texts, train_enc, val_enc)
+
+
+# ---- activation differences and lost components ------------------------------------------------
+
+
+@dataclass
+class LostStage:
+    """Lost components per head and the activation differences they came from (cached together)."""
+
+    components: LostComponents
+    diff: HeadDiff
+
+
+def find_lost_components(pair: ModelPair, data: EncodedData, config: FitConfig) -> LostStage:
+    """dz = z_dense - z_pruned on the diff prompts; rank-K lost components per head (cached on disk)."""
+    prompts = list(data.texts.diff_prompts)
+    components, diff = cached_lost_components(pair, prompts, config.diff, k=config.compensation.k)
+    return LostStage(components, diff)
+
+
+def components_of_rank(lost: LostStage, k: int) -> LostComponents:
+    """Lost components of another rank ``k`` from the same differences (no new forward pass)."""
+    if k == lost.components.k:
+        return lost.components
+    return lost_components(lost.diff.samples, k)
+
+
+# ---- head selection ----------------------------------------------------------------------------
+
+
+def select(pair: ModelPair, data: EncodedData, lost: LostStage, config: FitConfig) -> HeadRanking:
+    """Rank the heads by ``config.select.method`` and keep the configured number."""
+    scfg = config.select
+    probe = None
+    if scfg.method == "probe" and scfg.count(pair.geometry) > 0:
+        probe = probe_items(data.texts, config)
+    ranking = select_heads(
+        pair,
+        scfg,
+        components=lost.components,
+        diff=lost.diff,
+        probe_data=probe,
+        kl_prompts=[e.prompt + e.response for e in data.texts.train[: scfg.n_kl_prompts]],
+    )
+    logger.info(
+        "selected %d of %d heads by %s",
+        len(ranking.selected),
+        pair.geometry.n_total_heads,
+        ranking.method,
+    )
+    return ranking
+
+
+def probe_items(texts: FitData, config: FitConfig) -> list[ProbeSample]:
+    """Contrastive pairs: built from the fit domains' documents, or the task data's own negatives."""
+    if texts.config.uses_corpora:
+        return fit_probe_items(config.probe, sources=texts.config.fit_domains)
+    return probe_samples(list(texts.probe))
+
+
+# ---- compensation and training -----------------------------------------------------------------
+
+
+def build_compensation(
+    pair: ModelPair,
+    heads: Sequence[tuple[int, int]],
+    components: LostComponents,
+    config: FitConfig,
+) -> Compensation:
+    """A fresh compensation on ``heads`` (zero offsets, or the lost components with init)."""
+    ccfg = config.compensation
+    comp = Compensation(
+        pair.geometry,
+        heads,
+        components.directions,
+        use_directions=ccfg.use_directions,
+        use_bias=ccfg.use_bias,
+    )
+    if ccfg.init == "lost_component" and comp.n_selected:
+        comp.init_from(components.components)
+    return comp
+
+
+@dataclass
+class Trained:
+    """The training history and the validation objective of pruned and restored."""
+
+    history: list[dict[str, Any]]
+    val_loss_pruned: float
+    val_loss_restored: float
+
+
+def run_identity(config: FitConfig, pruned_source: str, heads: Sequence[tuple[int, int]]) -> str:
+    """What a resumable checkpoint must agree on besides the optimisation settings."""
+    keep = config.to_dict()
+    for name in ("device", "allow_worse", "worse_margin", "eval"):
+        keep.pop(name, None)
+    keep["train"].pop("checkpoint_every", None)
+    payload = json.dumps(
+        {"config": keep, "pruned": pruned_source, "heads": [list(h) for h in heads]},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def train_compensation(
+    pair: ModelPair,
+    comp: Compensation,
+    data: EncodedData,
+    config: FitConfig,
+    *,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    identity: str = "",
+    on_step: Callable[[int, dict[str, Any]], None] | None = None,
+) -> Trained:
+    """Train ``comp`` in place on the training examples; score pruned and restored on validation."""
+    val_before = evaluate_loss(pair, None, data.validation, config.train)
+    history = train(
+        pair,
+        comp,
+        data.train,
+        data.validation,
+        config.train,
+        run_dir=run_dir,
+        resume=resume,
+        identity=identity,
+        on_step=on_step,
+    )
+    val_after = (
+        evaluate_loss(pair, comp, data.validation, config.train)
+        if data.validation
+        else float("nan")
+    )
+    return Trained(history, val_before, val_after)

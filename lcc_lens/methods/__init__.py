@@ -1,0 +1,49 @@
+"""Restoration methods of the benchmark behind one interface (prepare, parameters, attach, export).
+
+``METHOD_NAMES`` lists them in the order the benchmark reports them; :func:`make_method` builds one.
+peft is imported only when a LoRA/DoRA method is prepared.
+"""
+
+from __future__ import annotations
+
+from lcc_lens.errors import ConfigError
+from lcc_lens.methods.base import HFLogits, RestorationMethod
+from lcc_lens.methods.context import MethodContext
+from lcc_lens.methods.head_offsets import LCC, BiasAllHeads, LCCRandomHeads, LostComponent
+from lcc_lens.methods.lofit import LoFiT
+from lcc_lens.methods.mean_bias import MeanBias
+from lcc_lens.methods.peft_adapters import DoRAMatched, DoRAR8, LoRAMatched, LoRAR8
+
+_REGISTRY: dict[str, type[RestorationMethod]] = {
+    cls.name: cls
+    for cls in (
+        LCC,
+        LCCRandomHeads,
+        BiasAllHeads,
+        LostComponent,
+        MeanBias,
+        LoFiT,
+        LoRAMatched,
+        LoRAR8,
+        DoRAMatched,
+        DoRAR8,
+    )
+}
+METHOD_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+"""Every method name the benchmark accepts (``dense`` and ``pruned`` are reference rows, not methods)."""
+
+
+def make_method(name: str) -> RestorationMethod:
+    """A fresh, unprepared method by name."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown restoration method {name!r}; choose from {list(METHOD_NAMES)}.")
+    return _REGISTRY[name]()
+
+
+__all__ = [
+    "METHOD_NAMES",
+    "HFLogits",
+    "MethodContext",
+    "RestorationMethod",
+    "make_method",
+]

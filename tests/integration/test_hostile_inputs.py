@@ -1,0 +1,811 @@
+"""Hostile inputs (issue 12): every bad input to ``lcc fit``, ``lcc prune``, ``lcc eval`` and the library
+gets a clear message naming the problem, a stable exit code (2 bad input, 1 failure, 130 Ctrl-C,
+143 SIGTERM), no traceback, and leaves nothing behind and deletes nothing.
+
+The command cases run in-process through :func:`lcc_lens.cli.main.main` on tiny random checkpoints;
+only the signal cases start a subprocess. Each case snapshots its working folder (and the shared tiny
+checkpoints) before and compares after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from lcc_lens.atomic import OWNER_FILE, atomic_dir, mark_owned
+from lcc_lens.cli.main import main
+from lcc_lens.cli.policy import sigterm_raises
+from lcc_lens.errors import (
+    CheckpointError,
+    CompensationFileError,
+    ConfigError,
+    DataError,
+    Interrupted,
+    OwnershipError,
+)
+
+PAYLOAD_FILE = "PWNED"
+
+
+@dataclass
+class Env:
+    """The case's working folder and the shared tiny checkpoints."""
+
+    tmp: Path
+    dense: Path
+    pruned: Path
+
+    def file(self, name: str, content: str | bytes) -> Path:
+        path = self.tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+        return path
+
+    def user_folder(self, name: str = "mine") -> Path:
+        """A folder with the user's own data in it."""
+        folder = self.tmp / name
+        folder.mkdir()
+        (folder / "thesis.tex").write_text("years of work")
+        (folder / "data").mkdir()
+        (folder / "data" / "x.csv").write_text("1,2\n")
+        return folder
+
+    def broken_checkpoint(self, name: str, how: str) -> Path:
+        """A copy of the tiny dense checkpoint, damaged ``how``."""
+        target = self.tmp / name
+        shutil.copytree(self.dense, target)
+        if how == "truncated":
+            weights = next(target.glob("*.safetensors"))
+            data = weights.read_bytes()
+            weights.write_bytes(data[: len(data) // 3])
+        elif how == "config-types":
+            cfg = json.loads((target / "config.json").read_text())
+            cfg["num_hidden_layers"] = "three"
+            cfg["hidden_size"] = [64]
+            (target / "config.json").write_text(json.dumps(cfg))
+        elif how == "config-json":
+            (target / "config.json").write_text('{"model_type": "llama", ')
+        else:  # pragma: no cover
+            raise ValueError(how)
+        return target
+
+
+@dataclass(frozen=True)
+class Case:
+    """One hostile input: the command line (or library call), what must come out."""
+
+    id: str
+    argv: Callable[[Env], list[str]] | None
+    code: int
+    message: str
+    setup: Callable[[Env], Any] | None = None
+    call: Callable[[Env], Any] | None = None  # library case: must raise ``error``
+    error: type[BaseException] | None = None
+    owner: str = ""  # another helper's fix this case waits for (see the report)
+    marks: tuple = field(default_factory=tuple)
+
+
+BINARY = bytes(range(256)) * 4 + b"\xff\xfe\xc3\x28"
+
+
+def PRUNE(env: Env, *extra: str) -> list[str]:
+    out = ["prune", "--dense", str(env.dense), "--out", str(env.tmp / "pruned_out")]
+    return [*out, "--n-samples", "2", "--seq-len", "16", "--batch-size", "2", "--quiet", *extra]
+
+
+def EVAL(env: Env, *extra: str) -> list[str]:
+    return ["eval", "--model", str(env.dense), "--tasks", "", *extra]
+
+
+def FIT(env: Env, *extra: str) -> list[str]:
+    return [
+        "fit",
+        "--dense",
+        str(env.dense),
+        "--pruned",
+        str(env.pruned),
+        "--device",
+        "cpu",
+        "--out",
+        str(env.tmp / "run"),
+        "--max-length",
+        "128",
+        "--n-train",
+        "16",
+        "--n-diff-prompts",
+        "8",
+        "--n-probe",
+        "8",
+        "--select-method",
+        "norm",
+        "--steps",
+        "2",
+        "--train-batch-size",
+        "4",
+        "--windows",
+        "2",
+        "--context-length",
+        "32",
+        *extra,
+    ]
+
+
+def _pickle_payload(target: Path) -> Any:
+    """An object whose unpickling writes ``target``: what a crafted checkpoint would carry."""
+
+    class Payload:
+        def __reduce__(self):
+            return (exec, (f"open({str(target)!r}, 'w').write('pwned')",))
+
+    return {"step": 3, "payload": Payload()}
+
+
+def _planted_run(env: Env, name: str) -> Path:
+    """A fit run directory carrying lcc_lens's marker and a crafted checkpoint."""
+    run = env.tmp / "run"
+    run.mkdir()
+    mark_owned(run, "fit-run")
+    (run / "config.yaml").write_text("seed: 0\n")
+    torch.save(_pickle_payload(env.tmp / PAYLOAD_FILE), run / name)
+    return run
+
+
+def _bad_compensation(env: Env) -> Path:
+    from safetensors.torch import save_file
+
+    path = env.tmp / "compensation.safetensors"
+    meta = {"format": "lcc_lens.compensation/1", "geometry": "{oops"}
+    save_file({"z_offsets": torch.zeros(2, 2, 4)}, str(path), metadata=meta)
+    return path
+
+
+def _one_word(env: Env) -> Path:
+    return env.file("one.txt", "hello")
+
+
+CASES: list[Case] = [
+    # ---- lcc prune -----------------------------------------------------------------------------
+    Case("prune-sparsity-above-1", lambda e: PRUNE(e, "--sparsity", "1.5"), 2, "strictly between"),
+    Case(
+        "prune-sparsity-negative", lambda e: PRUNE(e, "--sparsity", "-0.1"), 2, "strictly between"
+    ),
+    Case("prune-sparsity-word", lambda e: PRUNE(e, "--sparsity", "half"), 2, "--sparsity must be"),
+    Case("prune-pattern-reversed", lambda e: PRUNE(e, "--pattern", "4:2"), 2, "N:M"),
+    Case(
+        "prune-pattern-with-flap",
+        lambda e: PRUNE(e, "--method", "flap", "--pattern", "2:4"),
+        2,
+        "unstructured methods only",
+    ),
+    Case("prune-unknown-method", lambda e: PRUNE(e, "--method", "lottery"), 2, "must be one of"),
+    Case("prune-zero-samples", lambda e: PRUNE(e, "--n-samples", "0"), 2, "positive integer"),
+    Case("prune-percdamp-1", lambda e: PRUNE(e, "--percdamp", "1"), 2, "percdamp must lie"),
+    Case(
+        "prune-seq-len-beyond-positions",
+        lambda e: PRUNE(e, "--seq-len", "100000"),
+        2,
+        "exceeds the 256 positions",
+    ),
+    Case("prune-bad-regex", lambda e: PRUNE(e, "--layers", "(mlp"), 2, "not a valid regular"),
+    Case("prune-regex-matches-nothing", lambda e: PRUNE(e, "--layers", "nope"), 2, "matches no"),
+    Case(
+        "prune-calibration-missing",
+        lambda e: PRUNE(e, "--calibration", str(e.tmp / "no.txt")),
+        2,
+        "does not exist",
+    ),
+    Case(
+        "prune-calibration-binary-txt",
+        lambda e: PRUNE(e, "--calibration", str(e.tmp / "bin.txt")),
+        2,
+        "not UTF-8",
+        setup=lambda e: e.file("bin.txt", BINARY),
+    ),
+    Case(
+        "prune-calibration-binary-json",
+        lambda e: PRUNE(e, "--calibration", str(e.tmp / "bin.json")),
+        2,
+        "not UTF-8",
+        setup=lambda e: e.file("bin.json", BINARY),
+    ),
+    Case(
+        "prune-calibration-one-word",
+        lambda e: PRUNE(e, "--calibration", str(e.tmp / "one.txt")),
+        2,
+        "fewer than one sequence",
+        setup=_one_word,
+    ),
+    Case(
+        "prune-calibration-bad-json",
+        lambda e: PRUNE(e, "--calibration", str(e.tmp / "c.json")),
+        2,
+        "not valid JSON",
+        setup=lambda e: e.file("c.json", '["a", '),
+    ),
+    Case(
+        "prune-calibration-json-without-text",
+        lambda e: PRUNE(e, "--calibration", str(e.tmp / "c.json")),
+        2,
+        "holds no texts",
+        setup=lambda e: e.file("c.json", '[{"body": 1}]'),
+    ),
+    Case(
+        "prune-model-missing",
+        lambda e: [*PRUNE(e), "--dense", str(e.tmp / "nowhere")],
+        2,
+        "does not exist",
+    ),
+    Case(
+        "prune-model-is-a-file",
+        lambda e: [*PRUNE(e), "--dense", str(e.tmp / "m.bin")],
+        2,
+        "is a file",
+        setup=lambda e: e.file("m.bin", b"\0" * 10),
+    ),
+    Case(
+        "prune-model-without-config",
+        lambda e: [*PRUNE(e), "--dense", str(e.tmp / "empty")],
+        2,
+        "no config.json",
+        setup=lambda e: (e.tmp / "empty").mkdir(),
+    ),
+    Case(
+        "prune-model-truncated-weights",
+        lambda e: [*PRUNE(e, "--method", "magnitude"), "--dense", str(e.tmp / "broken")],
+        2,
+        "cannot load model",
+        setup=lambda e: e.broken_checkpoint("broken", "truncated"),
+        owner="H6",
+    ),
+    Case(
+        "prune-model-config-wrong-types",
+        lambda e: [*PRUNE(e, "--method", "magnitude"), "--dense", str(e.tmp / "broken")],
+        2,
+        "cannot (load|read)",
+        setup=lambda e: e.broken_checkpoint("broken", "config-types"),
+    ),
+    Case(
+        "prune-model-config-not-json",
+        lambda e: [*PRUNE(e, "--method", "magnitude"), "--dense", str(e.tmp / "broken")],
+        2,
+        "cannot (load|read)",
+        setup=lambda e: e.broken_checkpoint("broken", "config-json"),
+    ),
+    Case(
+        "prune-out-user-folder",
+        lambda e: [*PRUNE(e), "--out", str(e.tmp / "mine")],
+        2,
+        "--overwrite",
+        setup=lambda e: e.user_folder(),
+    ),
+    Case(
+        "prune-overwrite-user-folder",
+        lambda e: [*PRUNE(e, "--overwrite"), "--out", str(e.tmp / "mine")],
+        2,
+        "did not write.*thesis.tex",
+        setup=lambda e: e.user_folder(),
+    ),
+    Case(
+        "prune-overwrite-user-file",
+        lambda e: [*PRUNE(e, "--overwrite"), "--out", str(e.tmp / "notes.txt")],
+        2,
+        "existing file",
+        setup=lambda e: e.file("notes.txt", "mine"),
+    ),
+    Case(
+        "prune-out-under-a-file",
+        lambda e: [*PRUNE(e), "--out", str(e.tmp / "notes.txt" / "out")],
+        2,
+        "is a file, not a directory",
+        setup=lambda e: e.file("notes.txt", "mine"),
+    ),
+    Case(
+        "prune-failure-creates-no-parent-folders",
+        lambda e: [*PRUNE(e, "--layers", "nope"), "--out", str(e.tmp / "a" / "b" / "out")],
+        2,
+        "matches no",
+    ),
+    Case("prune-device-unknown", lambda e: PRUNE(e, "--device", "tpu"), 2, "not a device name"),
+    Case(
+        "prune-device-absent",
+        lambda e: PRUNE(e, "--device", "cuda:7"),
+        2,
+        "CUDA",
+        marks=(pytest.mark.skipif(torch.cuda.device_count() > 7, reason="8+ GPUs"),),
+    ),
+    Case(
+        "prune-yaml-string-for-int",
+        lambda e: [*PRUNE(e), "--config", str(e.tmp / "c.yaml")],
+        2,
+        "n_samples must be integer",
+        setup=lambda e: e.file("c.yaml", "n_samples: '8'\n"),
+    ),
+    Case(
+        "prune-yaml-fraction-for-int",
+        lambda e: ["prune", "--config", str(e.tmp / "c.yaml")],
+        2,
+        "seq_len must be integer",
+        setup=lambda e: e.file("c.yaml", f"dense: {e.dense}\nout: {e.tmp / 'o'}\nseq_len: 2.5\n"),
+    ),
+    Case(
+        "prune-yaml-unknown-key",
+        lambda e: [*PRUNE(e), "--config", str(e.tmp / "c.yaml")],
+        2,
+        "unknown field 'sparsty'.*did you mean 'sparsity'",
+        setup=lambda e: e.file("c.yaml", "sparsty: 0.5\n"),
+    ),
+    Case(
+        "prune-yaml-binary",
+        lambda e: [*PRUNE(e), "--config", str(e.tmp / "c.yaml")],
+        2,
+        "not UTF-8",
+        setup=lambda e: e.file("c.yaml", BINARY),
+    ),
+    Case(
+        "prune-yaml-missing",
+        lambda e: [*PRUNE(e), "--config", str(e.tmp / "none.yaml")],
+        2,
+        "does not exist",
+    ),
+    Case("prune-unknown-flag", lambda e: PRUNE(e, "--sparsity-level", "3"), 2, "unrecognized"),
+    Case("prune-missing-out", lambda e: ["prune", "--dense", str(e.dense)], 2, "--out"),
+    # ---- lcc eval ------------------------------------------------------------------------------
+    Case(
+        "eval-out-without-suffix",
+        lambda e: EVAL(e, "--perplexity", "heldout", "--out", str(e.tmp / "results")),
+        2,
+        r"\.json file path",
+    ),
+    Case(
+        "eval-out-is-a-folder",
+        lambda e: EVAL(e, "--perplexity", "heldout", "--out", str(e.tmp / "r.json")),
+        2,
+        "is a directory",
+        setup=lambda e: (e.tmp / "r.json").mkdir(),
+    ),
+    Case(
+        "eval-out-exists",
+        lambda e: EVAL(e, "--perplexity", "heldout", "--out", str(e.tmp / "r.json")),
+        2,
+        "already exists",
+        setup=lambda e: e.file("r.json", "{}"),
+    ),
+    Case(
+        "eval-suite-dir-user-folder",
+        lambda e: ["eval", "--model", str(e.dense), "--suite-dir", str(e.tmp / "mine")],
+        2,
+        "did not write.*thesis.tex",
+        setup=lambda e: e.user_folder(),
+    ),
+    Case(
+        "eval-suite-items-too-small",
+        lambda e: ["eval", "--model", str(e.dense), "--suite-items", "3"],
+        2,
+        "suite.items",
+        owner="H4",
+    ),
+    Case(
+        "eval-perplexity-binary",
+        lambda e: EVAL(e, "--perplexity", str(e.tmp / "bin.txt")),
+        2,
+        "not UTF-8",
+        setup=lambda e: e.file("bin.txt", BINARY),
+    ),
+    Case(
+        "eval-perplexity-empty",
+        lambda e: EVAL(e, "--perplexity", str(e.tmp / "e.txt")),
+        2,
+        "is empty",
+        setup=lambda e: e.file("e.txt", " \n"),
+    ),
+    Case(
+        "eval-perplexity-missing",
+        lambda e: EVAL(e, "--perplexity", str(e.tmp / "none.txt")),
+        2,
+        "neither one of",
+    ),
+    Case("eval-nothing-to-do", lambda e: EVAL(e), 2, "nothing to evaluate"),
+    Case(
+        "eval-batch-size-0",
+        lambda e: EVAL(e, "--perplexity", "heldout", "--batch-size", "0"),
+        2,
+        "batch size",
+    ),
+    Case(
+        "eval-negative-limit",
+        lambda e: EVAL(e, "--perplexity", "heldout", "--limit", "-3"),
+        2,
+        "limit must be positive",
+    ),
+    Case("eval-device-unknown", lambda e: EVAL(e, "--device", "npu:3"), 2, "device"),
+    Case(
+        "eval-model-missing",
+        lambda e: ["eval", "--model", str(e.tmp / "nowhere"), "--perplexity", "heldout"],
+        2,
+        "does not exist",
+    ),
+    Case(
+        "eval-model-truncated-weights",
+        lambda e: [
+            "eval",
+            "--model",
+            str(e.tmp / "broken"),
+            "--tasks",
+            "",
+            "--perplexity",
+            "heldout",
+        ],
+        2,
+        "cannot load model",
+        setup=lambda e: e.broken_checkpoint("broken", "truncated"),
+        owner="H6",
+    ),
+    Case(
+        "eval-model-and-roles",
+        lambda e: EVAL(e, "--dense", str(e.dense), "--perplexity", "heldout"),
+        2,
+        "either with --model",
+    ),
+    Case(
+        "eval-yaml-wrong-type",
+        lambda e: EVAL(e, "--perplexity", "heldout", "--config", str(e.tmp / "c.yaml")),
+        2,
+        "batch_size must be integer",
+        setup=lambda e: e.file("c.yaml", "batch_size: eight\n"),
+    ),
+    # ---- lcc fit -------------------------------------------------------------------------------
+    Case("fit-negative-lr", lambda e: FIT(e, "--lr", "-1"), 2, "lr"),
+    Case(
+        "fit-negative-warmup",
+        lambda e: FIT(e, "--warmup-fraction", "-0.1"),
+        2,
+        "warmup_fraction",
+    ),
+    Case("fit-nan-kl-weight", lambda e: FIT(e, "--kl-weight", "nan"), 2, "NaN"),
+    Case(
+        "fit-yaml-fractional-n-heads",
+        lambda e: [*FIT(e), "--config", str(e.tmp / "c.yaml")],
+        2,
+        "n_heads must be integer",
+        setup=lambda e: e.file("c.yaml", "select:\n  n_heads: 2.5\n"),
+    ),
+    Case(
+        "fit-yaml-string-steps",
+        lambda e: [*FIT(e), "--config", str(e.tmp / "c.yaml")],
+        2,
+        "steps must be integer",
+        setup=lambda e: e.file("c.yaml", "train:\n  steps: ten\n"),
+    ),
+    Case("fit-device-unknown", lambda e: FIT(e, "--device", "tpu"), 2, "not a device name"),
+    Case(
+        "fit-dense-missing",
+        lambda e: [*FIT(e), "--dense", str(e.tmp / "nowhere")],
+        2,
+        "does not exist",
+    ),
+    Case(
+        "fit-out-user-folder",
+        lambda e: [*FIT(e), "--out", str(e.tmp / "mine")],
+        2,
+        "not empty",
+        setup=lambda e: e.user_folder(),
+    ),
+    Case(
+        "fit-overwrite-user-folder",
+        lambda e: [*FIT(e, "--overwrite"), "--out", str(e.tmp / "mine")],
+        2,
+        "did not write",
+        setup=lambda e: e.user_folder(),
+    ),
+    Case(
+        "fit-eval-context-too-long",
+        lambda e: FIT(e, "--context-length", "100000"),
+        2,
+        "exceeds the model's 256 positions",
+        owner="H1",
+    ),
+    Case(
+        "fit-data-binary",
+        lambda e: FIT(e, "--source", str(e.tmp / "bin.txt")),
+        2,
+        "UTF-8",
+        setup=lambda e: e.file("bin.txt", BINARY),
+        owner="H4",
+    ),
+    Case(
+        "fit-resume-legacy-pickle",
+        lambda e: FIT(e, "--resume"),
+        2,
+        "checkpoint",
+        setup=lambda e: _planted_run(e, "checkpoint.pt"),
+    ),
+    # ---- the library ---------------------------------------------------------------------------
+    Case(
+        "lib-pickle-as-safetensors-checkpoint",
+        None,
+        2,
+        "not a readable lcc_lens checkpoint",
+        setup=lambda e: torch.save(_pickle_payload(e.tmp / PAYLOAD_FILE), e.tmp / "ck.safetensors"),
+        call=lambda e: __import__("lcc_lens.checkpoint").checkpoint.load_checkpoint(
+            e.tmp / "ck.safetensors"
+        ),
+        error=CheckpointError,
+    ),
+    Case(
+        "lib-atomic-dir-user-folder",
+        None,
+        2,
+        "did not write",
+        setup=lambda e: e.user_folder(),
+        call=lambda e: atomic_dir(e.tmp / "mine").__enter__(),
+        error=OwnershipError,
+    ),
+    Case(
+        "lib-suite-into-user-folder",
+        None,
+        2,
+        "did not write",
+        setup=lambda e: e.user_folder(),
+        call=lambda e: __import__("lcc_lens.evaluation.suite", fromlist=["x"]).build_offline_suite(
+            e.tmp / "mine", n_items=8
+        ),
+        error=OwnershipError,
+    ),
+    Case(
+        "lib-calibration-one-word",
+        None,
+        2,
+        "fewer than one sequence",
+        call=lambda e: __import__("lcc_lens.pruning.data", fromlist=["x"]).calibration_tokens(
+            __import__("lcc_lens.tiny", fromlist=["x"]).tiny_tokenizer(), ["hello"], 4, 16
+        ),
+        error=DataError,
+    ),
+    Case(
+        "lib-prune-config-device",
+        None,
+        2,
+        "not a device name",
+        call=lambda e: __import__("lcc_lens.pruning", fromlist=["x"]).PruneConfig(device="tpu"),
+        error=ConfigError,
+    ),
+    Case(
+        "lib-compensation-corrupt-metadata",
+        None,
+        2,
+        "metadata|geometry",
+        setup=_bad_compensation,
+        call=lambda e: __import__("lcc_lens.compensation", fromlist=["x"]).Compensation.load(
+            e.tmp / "compensation.safetensors"
+        ),
+        error=CompensationFileError,
+        owner="H1",
+    ),
+    Case(
+        "lib-data-answer-not-a-choice",
+        None,
+        2,
+        "not among|not one of|choices",
+        setup=lambda e: e.file(
+            "mc.json", '[{"question": "q", "choices": ["a", "b"], "answer": "c"}]'
+        ),
+        call=lambda e: __import__("lcc_lens.data", fromlist=["x"]).load_examples(
+            str(e.tmp / "mc.json")
+        ),
+        error=DataError,
+        owner="H4",
+    ),
+    Case(
+        "lib-data-alpaca-without-output",
+        None,
+        2,
+        "output",
+        setup=lambda e: e.file(
+            "a.json",
+            '[{"instruction": "i", "output": "o"}, {"instruction": "j", "output": null}]',
+        ),
+        call=lambda e: __import__("lcc_lens.data", fromlist=["x"]).load_examples(
+            str(e.tmp / "a.json")
+        ),
+        error=DataError,
+        owner="H4",
+    ),
+    Case(
+        "lib-data-binary-file",
+        None,
+        2,
+        "UTF-8",
+        setup=lambda e: e.file("d.jsonl", BINARY),
+        call=lambda e: __import__("lcc_lens.data", fromlist=["x"]).load_examples(
+            str(e.tmp / "d.jsonl")
+        ),
+        error=DataError,
+        owner="H4",
+    ),
+]
+
+XFAIL_OWNERS: dict[str, str] = {}
+"""Case id -> owner, for fixes of other helpers that had not landed by the deadline (see the report)."""
+
+
+def _params():
+    for case in CASES:
+        marks = list(case.marks)
+        if case.id in XFAIL_OWNERS:
+            marks.append(
+                pytest.mark.xfail(
+                    strict=True, reason=f"owner {XFAIL_OWNERS[case.id]}: not fixed yet"
+                )
+            )
+        yield pytest.param(case, id=case.id, marks=marks)
+
+
+def _snapshot(*roots: Path) -> dict[str, str]:
+    """Every file and folder under ``roots`` with a hash of its content."""
+    out: dict[str, str] = {}
+    for root in roots:
+        for path in sorted(root.rglob("*")):
+            key = str(path)
+            if path.is_dir():
+                out[key] = "dir"
+            else:
+                out[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture
+def env(tmp_path, llama_pair_dirs, monkeypatch) -> Env:
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)  # anything written to a default relative path shows up in the snapshot
+    dense, pruned = llama_pair_dirs
+    return Env(work, dense, pruned)
+
+
+def test_enough_cases():
+    assert len(CASES) >= 40
+    assert {c.argv(Env(Path("/t"), Path("/d"), Path("/p")))[0] for c in CASES if c.argv} == {
+        "fit",
+        "prune",
+        "eval",
+    }
+
+
+@pytest.mark.parametrize("case", list(_params()))
+def test_hostile_input(case: Case, env: Env, capsys):
+    if case.setup is not None:
+        case.setup(env)
+    before = _snapshot(env.tmp, env.dense, env.pruned)
+    if case.call is not None:
+        assert case.error is not None
+        with pytest.raises(case.error) as info:
+            case.call(env)
+        assert re.search(case.message, str(info.value), re.IGNORECASE), str(info.value)
+    else:
+        assert case.argv is not None
+        code = main(case.argv(env))
+        err = capsys.readouterr().err
+        assert code == case.code, err
+        assert "Traceback" not in err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("error: "), err
+        assert re.search(case.message, last, re.IGNORECASE), last
+    assert not (env.tmp / PAYLOAD_FILE).exists(), "a crafted checkpoint ran code"
+    assert _snapshot(env.tmp, env.dense, env.pruned) == before
+
+
+# ---- signals: a subprocess each -----------------------------------------------------------------
+
+
+def _start_prune(env: Env, out: Path, log: Path) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "lcc_lens.prune", "--dense", str(env.dense), "--out", str(out)]
+    argv += [
+        "--method",
+        "sparsegpt",
+        "--n-samples",
+        "1024",
+        "--seq-len",
+        "128",
+        "--batch-size",
+        "1",
+    ]
+    with log.open("w") as fh:
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=fh, cwd=env.tmp)
+
+
+def _wait_until_pruning(proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
+    """Wait until the prune has loaded the model and started calibrating (stderr shows progress)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if "sparsegpt" in log.read_text():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"prune did not start: {log.read_text()[-2000:]}")
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "word"),
+    [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")],
+)
+def test_signal_during_prune_exits_cleanly(env: Env, tmp_path, sig, code, word):
+    out = env.tmp / "out"
+    log = tmp_path / "stderr.log"
+    before = _snapshot(env.tmp)
+    proc = _start_prune(env, out, log)
+    try:
+        _wait_until_pruning(proc, log)
+        proc.send_signal(sig)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = log.read_text()
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"error: {word}"), err
+    assert _snapshot(env.tmp) == before  # no output, no temporary directory
+
+
+def test_sigterm_while_writing_removes_the_temporary_directory(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(Interrupted), sigterm_raises(), atomic_dir(out) as tmp:
+        (tmp / "half.bin").write_bytes(b"x" * 100)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this returns
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_replacing_an_owned_output_keeps_nothing_stale(tmp_path):
+    out = tmp_path / "out"
+    with atomic_dir(out, kind="prune") as tmp:
+        (tmp / "old.txt").write_text("1")
+    assert (out / OWNER_FILE).is_file()
+    with atomic_dir(out, kind="prune") as tmp:
+        (tmp / "new.txt").write_text("2")
+    assert sorted(p.name for p in out.iterdir()) == [OWNER_FILE, "new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_crafted_checkpoint_on_resume_does_not_run(env: Env, capsys):
+    """The pickle case through the whole command: a run directory of lcc_lens whose training
+    checkpoint was replaced by a pickle that writes a file when unpickled. ``--resume`` reaches the
+    training stage, refuses the file with a message, and the payload never runs."""
+    run = _planted_run(env, "checkpoint.safetensors")
+    code = main(FIT(env, "--resume"))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "not a readable lcc_lens checkpoint" in last, last
+    assert not (env.tmp / PAYLOAD_FILE).exists(), "a crafted checkpoint ran code"
+    assert (run / "checkpoint.safetensors").is_file()  # the evidence is kept, not deleted
+
+
+def test_an_earlier_suite_dir_is_replaced_not_a_users(tmp_path):
+    from lcc_lens.atomic import owner_kind
+    from lcc_lens.evaluation.suite import build_offline_suite
+
+    suite = tmp_path / "suite"
+    build_offline_suite(suite, n_items=8)
+    first = sorted(p.name for p in suite.iterdir())
+    assert owner_kind(suite) is not None
+    build_offline_suite(suite, seed=1, n_items=8)  # lcc_lens's own folder: replaced in place
+    assert sorted(p.name for p in suite.iterdir()) == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["suite"]  # no temporary or backup left
