@@ -98,7 +98,7 @@ class Case:
     setup: Callable[[Env], Any] | None = None
     call: Callable[[Env], Any] | None = None  # library case: must raise ``error``
     error: type[BaseException] | None = None
-    owner: str = ""  # another helper's fix this case waits for (see the report)
+    owner: str = ""  # the helper whose module carries the fix (not the CLI)
     marks: tuple = field(default_factory=tuple)
 
 
@@ -641,20 +641,10 @@ CASES: list[Case] = [
     ),
 ]
 
-XFAIL_OWNERS: dict[str, str] = {}
-"""Case id -> owner, for fixes of other helpers that had not landed by the deadline (see the report)."""
-
 
 def _params():
     for case in CASES:
-        marks = list(case.marks)
-        if case.id in XFAIL_OWNERS:
-            marks.append(
-                pytest.mark.xfail(
-                    strict=True, reason=f"owner {XFAIL_OWNERS[case.id]}: not fixed yet"
-                )
-            )
-        yield pytest.param(case, id=case.id, marks=marks)
+        yield pytest.param(case, id=case.id, marks=list(case.marks))
 
 
 def _snapshot(*roots: Path) -> dict[str, str]:

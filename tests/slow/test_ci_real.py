@@ -1,7 +1,11 @@
 """The CI-budgeted end-to-end run on the real embedded SmolLM2-135M-Instruct (a few minutes on 2 cores).
 
-Wanda 50 % prune (cached), lost components, probing, a short fit (default objective) through the CLI,
-export check, and the held-out (out-of-domain test domain) perplexity ordering dense < restored < pruned.
+Wanda 50 % prune (cached), lost components, contrastive probing, a short fit through the CLI, the export check
+and the evaluation protocol on every domain, out-of-domain test domain first.
+
+The fit uses the one setting measured with three seeds (analysis/results/ood/: KL to the dense model on every
+position, lr 0.02), which restores in domain. What it does out of domain is reported, not asserted: measured,
+it is about zero (README), and a test must not pretend otherwise.
 """
 
 from __future__ import annotations
@@ -20,17 +24,24 @@ def test_fit_cli_end_to_end_on_the_real_model(tmp_path, capsys):
     out = tmp_path / "run"
     rc = fit_main(
         [
-            "--out", str(out), "--steps", "8", "--n-train", "64", "--n-diff-prompts", "32",
+            "--out", str(out), "--steps", "12", "--n-train", "64", "--n-diff-prompts", "32",
             "--n-pairs", "128", "--fraction", "0.25", "--windows", "12", "--device", "cpu",
+            "--objective", "kl", "--targets", "all", "--lr", "0.02", "--max-length", "64",
         ]
     )  # fmt: skip
     assert rc == 0
     summary = json.loads((out / "metrics.json").read_text())["summary"]
-    assert summary["ppl_dense"] < summary["ppl_restored"] < summary["ppl_pruned"]
-    assert summary["gap_closed"] > 0
+    assert summary["eval_domain"] == "speeches" and (out / "complete.json").is_file()
+    assert summary["ppl_dense"] < summary["ppl_pruned"]
     logs = [math.log(summary[k]) for k in ("ppl_dense", "ppl_pruned", "ppl_restored")]
     assert summary["gap_closed_nll"] == pytest.approx((logs[1] - logs[2]) / (logs[1] - logs[0]))
-    assert summary["eval_domain"] == "speeches" and (out / "complete.json").is_file()
+    domains = summary["evaluation"]["domains"]
+    assert list(domains)[0] == "speeches" and domains["speeches"]["role"] == "test"
+    in_domain = [d for d in domains.values() if d["role"] == "in_domain"]
+    assert len(in_domain) == 2
+    # the compensation restores the domains it was fitted on (measured: 22-24 % of the NLL gap)
+    for d in in_domain:
+        assert d["nll"]["restored"] < d["nll"]["pruned"]
     assert summary["export_max_abs_logit_diff"] < 1e-3
     heads = json.loads((out / "heads.json").read_text())
     assert heads["n_selected"] == round(0.25 * 270)

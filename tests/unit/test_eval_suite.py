@@ -112,3 +112,18 @@ def test_too_many_items_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="asked for 100000"):
         build_offline_suite(tmp_path / "x", n_items=SuiteSizes(last_word=100000))
     assert not (tmp_path / "x").exists()  # nothing half-written
+
+
+def test_default_sizes_fit_the_held_out_text():
+    """`lcc eval --tasks offline` with no size flags must build every task from the held-out domain."""
+    from lcc_lens.evaluation.suite import (
+        SuiteSizes,
+        heldout_ppl_items,
+        last_word_items,
+        next_passage_items,
+    )
+
+    sizes = SuiteSizes()
+    assert len(heldout_ppl_items(sizes.heldout_ppl, 0)) == sizes.heldout_ppl
+    assert len(next_passage_items(sizes.next_passage, 0)) == sizes.next_passage
+    assert len(last_word_items(sizes.last_word, 0)) == sizes.last_word
