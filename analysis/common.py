@@ -99,7 +99,7 @@ class Shared:
 def run_shared_stages(config: FitConfig) -> Shared:
     """Resolve the pair, choose the data, take the diffs and score dense / pruned: once per setting."""
     resolved = stages.resolve_pair(config)
-    data = stages.choose_data(config, resolved.pair.tokenizer)
+    data = stages.choose_data(config, resolved.pair)
     lost = stages.find_lost_components(resolved.pair, data, config)
     baseline = heldout_evaluation(resolved.pair, None, data, config)
     return Shared(config, resolved, data, lost, baseline)

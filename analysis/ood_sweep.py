@@ -54,8 +54,13 @@ class Setting:
     batch_size: int = 8
     max_length: int = 128
     kl_weight: float = 0.5
+    init: str = (
+        "zeros"  # "zeros", or "mean_dz": b = mean(z_dense - z_pruned) over every position of
+    )
+    # the fit passages (training-free when steps == 0)
     text: str = "corpus"  # "corpus": fit passages; "generated": the dense model's own continuations
-    # of the fit passages' first words; "both": half and half
+    # of the fit passages' first words; "both": half and half; "self": the dense model's unconditional
+    # samples (started from its BOS token alone: no domain at all); "corpus_self": half corpus, half self
 
 
 SETTINGS: dict[str, Setting] = {
@@ -73,7 +78,29 @@ SETTINGS: dict[str, Setting] = {
     "kl_all_free_short": Setting(steps=24, max_length=64, lr=2e-2),
     "kl_gen_free": Setting(text="generated"),
     "kl_both_free": Setting(text="both"),
+    # the short budget with other training text (no new data: the dense model writes it)
+    "kl_gen_free_short": Setting(steps=24, max_length=64, lr=2e-2, text="generated"),
+    "kl_self_free_short": Setting(steps=24, max_length=64, lr=2e-2, text="self"),
+    "kl_corpus_self_free_short": Setting(steps=24, max_length=64, lr=2e-2, text="corpus_self"),
+    "kl_self_free_short_lr5e-3": Setting(steps=24, max_length=64, lr=5e-3, text="self"),
+    "kl_self_probe_short": Setting(steps=24, max_length=64, lr=2e-2, text="self", heads="probe"),
+    # training-free: every head's offset is its mean activation difference (FLAP-style mean correction)
+    "mean_dz_all": Setting(steps=0, init="mean_dz"),
+    "kl_all_free_short_meaninit": Setting(steps=24, max_length=64, lr=2e-2, init="mean_dz"),
+    "kl_all_free_short_lr5e-3": Setting(steps=24, max_length=64, lr=5e-3),
 }
+
+
+def _mean_dz(pair: ModelPair, data: FitData, s: Setting) -> torch.Tensor:
+    """Mean z_dense - z_pruned per head over every position of the fit passages, [layers, heads, d]."""
+    from lcc_lens.components import cached_lost_components
+    from lcc_lens.diff import DiffConfig
+
+    texts = [e.prompt + e.response for e in data.train]
+    _, diff = cached_lost_components(
+        pair, texts, DiffConfig(positions="all", max_length=s.max_length, seed=0), k=1
+    )
+    return diff.mean_dz
 
 
 def _generated(pair: ModelPair, data: FitData, seed: int, n_new: int = 96) -> list[str]:
@@ -91,8 +118,11 @@ def _generated(pair: ModelPair, data: FitData, seed: int, n_new: int = 96) -> li
     path = cache_root() / "ood_generated" / f"{key}.json"
     if path.is_file():
         return json.loads(path.read_text())
+    from lcc_lens.models import load_causal_lm
+
     tok = pair.tokenizer
-    model = pair.dense.original_model
+    # a clean Hugging Face copy: the model a TransformerBridge wraps samples garbage with a KV cache
+    model, _ = load_causal_lm(pair.dense_source)
     prompts = [
         tok.decode(tok(e.prompt + e.response, add_special_tokens=False)["input_ids"][:12])
         for e in data.train
@@ -148,6 +178,20 @@ def _encoded(
     corpus = [e.prompt + e.response for e in data.train]
     if s.text == "corpus":
         texts = corpus
+    elif s.text in ("self", "corpus_self"):  # the library's self-written text (lcc_lens.self_text)
+        from lcc_lens.models import model_fingerprint
+        from lcc_lens.self_text import sample_texts, self_examples
+
+        samples = sample_texts(
+            pair.dense,
+            pair.tokenizer,
+            len(corpus),
+            s.max_length,
+            seed=seed,
+            model_key=model_fingerprint(pair.dense_source),
+        )
+        generated = [e.prompt + e.response for e in self_examples(pair.tokenizer, samples)]
+        texts = generated if s.text == "self" else corpus[::2] + generated[1::2]
     else:
         generated = _generated(pair, data, seed)
         texts = generated if s.text == "generated" else corpus[::2] + generated[1::2]
@@ -233,6 +277,52 @@ def _merged(result: ProtocolResult, ref: dict[str, Any]) -> ProtocolResult:
     return ProtocolResult(result.config, domains)
 
 
+FIT_DEFAULT = "fit_default"
+"""The setting that is the library's default fit (``FitConfig()`` with the run's seed), through the
+fit's own stages on the already loaded pair, scored like every other setting."""
+
+
+def _fit_default(pair: ModelPair, pruned_dir: Path, seed: int, control: bool) -> dict[str, Any]:
+    """The default fit's stages (data, lost components, selection, compensation, training)."""
+    from lcc_lens.evaluation.control import fit_dense_control
+    from lcc_lens.fit import FitConfig
+    from lcc_lens.fit import stages as st
+
+    config = replace(FitConfig(), seed=seed, pruned=str(pruned_dir))
+    data = st.choose_data(config, pair)
+    lost = st.find_lost_components(pair, data, config)
+    ranking = st.select(pair, data, lost, config)
+
+    def make() -> Compensation:
+        return st.build_compensation(pair, ranking.selected, lost.components, config)
+
+    comp = make()
+    t_fit = time.perf_counter()
+    trained = st.train_compensation(pair, comp, data, config)
+    out: dict[str, Any] = {
+        "comp": comp,
+        "history": trained.history,
+        "fit_seconds": time.perf_counter() - t_fit,
+        "data": data.texts,
+        "config": config.to_dict(),
+        "control": None,
+        "control_history": None,
+    }
+    if control:
+        out["control"], out["control_history"] = fit_dense_control(
+            pair, make, data.train, data.validation, config.train
+        )
+    return out
+
+
+def _record_command(setting: str, seed: int, control: bool, windows: int, items: int) -> str:
+    return (
+        f"python -m analysis.ood_sweep --setting {setting} --seeds {seed}"
+        + (f" --control-seeds {seed}" if control else "")
+        + f" --windows {windows} --suite-items {items}"
+    )
+
+
 def run(
     setting: str,
     seeds: list[int],
@@ -245,7 +335,7 @@ def run(
 ) -> list[Path]:
     from lcc_lens.pruning import PruneConfig, cached_pruned_checkpoint
 
-    s = SETTINGS[setting]
+    s = SETTINGS.get(setting, Setting())
     pruned_dir = cached_pruned_checkpoint("embedded", PruneConfig())
     pair = ModelPair.load("embedded", pruned_dir, device="cpu")
     # the protocol's windows depend on its own seed (0), never on the fit seed: every setting and
@@ -261,6 +351,39 @@ def run(
             break
         t0 = time.perf_counter()
         torch.manual_seed(seed)
+        dense_control = seed in control_seeds
+        if setting == FIT_DEFAULT:
+            done = _fit_default(pair, pruned_dir, seed, dense_control)
+            data = done["data"]
+            ref = _references(pair, data, pcfg, suite_items, str(pruned_dir))
+            models: dict[str, Any] = {"restored": (pair.pruned, done["comp"])}
+            if done["control"] is not None:
+                models["dense_control"] = (pair.dense, done["control"])
+            paths.append(
+                _score_and_write(
+                    pair,
+                    data,
+                    pcfg,
+                    ref,
+                    models,
+                    suite_items,
+                    pruned_dir,
+                    {
+                        "setting": setting,
+                        "settings": done["config"],
+                        "seed": seed,
+                        "n_heads": done["comp"].n_selected,
+                        "history": done["history"],
+                        "dense_control_history": done["control_history"],
+                        "fit_seconds": done["fit_seconds"],
+                        "command": _record_command(
+                            setting, seed, dense_control, windows, suite_items
+                        ),
+                    },
+                    t0,
+                )
+            )
+            continue
         data = fit_data(DataConfig(), seed=seed)
         ref = _references(pair, data, pcfg, suite_items, str(pruned_dir))
         train, val = _encoded(pair, data, s, seed)
@@ -273,11 +396,14 @@ def run(
 
         comp = make()
         t_fit = time.perf_counter()
-        history = _train(pair, comp, train, val, s, seed)
+        if s.init == "mean_dz":
+            mean = _mean_dz(pair, data, s)
+            with torch.no_grad():
+                comp.bias.copy_(mean[comp.heads[:, 0], comp.heads[:, 1]])
+        history = _train(pair, comp, train, val, s, seed) if s.steps > 0 else []
         fit_s = time.perf_counter() - t_fit
         models: dict[str, Any] = {"restored": (pair.pruned, comp)}
         control_history = None
-        dense_control = seed in control_seeds
         if dense_control:
             from lcc_lens.evaluation.control import fit_dense_control
 
@@ -285,47 +411,65 @@ def run(
                 pair, make, train, val, _train_config(s, seed)
             )
             models["dense_control"] = (pair.dense, ctrl)
-        result = _merged(
-            evaluate(models, pair.tokenizer, data.eval_texts, pcfg, roles=data.eval_roles), ref
-        )
-        tasks = score_suite(
-            {"restored": models["restored"]},
-            pair.tokenizer,
-            domain=data.config.test_domain,
-            n_items=suite_items,
-            seed=0,
-        )
-        for task in ("next_passage", "last_word"):
-            tasks[task] = {**ref["tasks"][task], **tasks[task]}
         record = {
             "setting": setting,
             "settings": asdict(s),
             "seed": seed,
-            "data": data.describe(),
-            "pruned": str(pruned_dir),
             "n_heads": comp.n_selected,
-            "protocol": result.to_dict(),
-            "tasks": tasks,
             "history": history,
             "dense_control_history": control_history,
             "fit_seconds": fit_s,
-            "wall_seconds": time.perf_counter() - t0,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "command": f"python -m analysis.ood_sweep --setting {setting} --seeds {seed}"
-            + (f" --control-seeds {seed}" if dense_control else "")
-            + f" --windows {windows} --suite-items {suite_items}",
+            "command": _record_command(setting, seed, dense_control, windows, suite_items),
         }
-        OUT.mkdir(parents=True, exist_ok=True)
-        path = OUT / f"{setting}_seed{seed}.json"
-        path.write_text(json.dumps(record, indent=1) + "\n")
-        logger.info("wrote %s", path)
-        paths.append(path)
+        paths.append(
+            _score_and_write(pair, data, pcfg, ref, models, suite_items, pruned_dir, record, t0)
+        )
     return paths
+
+
+def _score_and_write(
+    pair: ModelPair,
+    data: FitData,
+    pcfg: ProtocolConfig,
+    ref: dict[str, Any],
+    models: dict[str, Any],
+    suite_items: int,
+    pruned_dir: Path,
+    record: dict[str, Any],
+    t0: float,
+) -> Path:
+    """Score the fitted models on every domain and the test domain's tasks; write the record."""
+    result = _merged(
+        evaluate(models, pair.tokenizer, data.eval_texts, pcfg, roles=data.eval_roles), ref
+    )
+    tasks = score_suite(
+        {"restored": models["restored"]},
+        pair.tokenizer,
+        domain=data.config.test_domain,
+        n_items=suite_items,
+        seed=0,
+    )
+    for task in ("next_passage", "last_word"):
+        tasks[task] = {**ref["tasks"][task], **tasks[task]}
+    record = {
+        **record,
+        "data": data.describe(),
+        "pruned": str(pruned_dir),
+        "protocol": result.to_dict(),
+        "tasks": tasks,
+        "wall_seconds": time.perf_counter() - t0,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{record['setting']}_seed{record['seed']}.json"
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    logger.info("wrote %s", path)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--setting", choices=sorted(SETTINGS), required=True)
+    ap.add_argument("--setting", choices=sorted([*SETTINGS, FIT_DEFAULT]), required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument(
         "--control-seeds",

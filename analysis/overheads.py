@@ -2,7 +2,7 @@
 
 (a) fit step: one LM-objective forward + backward of the pruned model through the TransformerBridge with the
     compensation attached and only the compensation trainable (``lcc_lens.training.train_step``, the step
-    the training loop runs per micro-batch),
+    the training loop runs per micro-batch: on the pruned bridge's plain twin, lcc_lens.twin),
     over a plain transformers forward + backward of the same pruned model (a clean Hugging Face copy) with
     only the o_proj biases trainable (the exported form of the same compensation).
 (b) head diffs: capturing dz at hook_z for every position and accumulating the statistics and the reservoir

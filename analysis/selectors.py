@@ -12,8 +12,8 @@ and skips runs already written, so repeat it, e.g. per group of selectors, until
 (cached under the lcc_lens cache), scores every selector for every seed and writes
 ``analysis/results/selection/rankings.json``, ``heads.json`` (the probe ranking with each head's score, null
 and stability) and the probe figure. ``fit`` trains one LCC compensation per selector on the selected heads
-(KL to the dense model, the same data, steps and seed for every selector) and scores it with the evaluation
-protocol's windows on every domain: ``runs/<selector>_seed<seed>.json``. ``report`` writes
+(the default fit's data, objective and compensation form at reduced steps, the same for every selector)
+and scores it with the evaluation protocol's windows on every domain: ``runs/<selector>_seed<seed>.json``. ``report`` writes
 ``selectors.json`` and the generated ``selectors.md`` (NLL gap closed, out of domain first, mean +- sd over
 seeds, and the Jaccard overlap of the selected sets across seeds).
 """
@@ -55,7 +55,6 @@ class Setup:
     steps: int = 12
     batch_size: int = 8
     max_length: int = 128
-    lr: float = 1e-2
     windows: int = 8
     context_length: int = 256
 
@@ -180,22 +179,6 @@ def _ridge_check(feats, n: int) -> dict[str, dict[str, float]]:
     return out
 
 
-def _encoded(pair, data, max_length: int):
-    """Whole fit passages (KL at every next-token position), in-domain validation likewise."""
-    from lcc_lens.data import Encoded
-
-    def whole(examples) -> list[Encoded]:
-        out = []
-        for e in examples:
-            ids = pair.tokenizer(e.prompt + e.response, add_special_tokens=True)["input_ids"]
-            ids = ids[:max_length]
-            if len(ids) > 1:
-                out.append(Encoded(list(ids), [0] + [1] * (len(ids) - 1)))
-        return out
-
-    return whole(data.train), whole(data.validation)
-
-
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
@@ -207,6 +190,24 @@ def _nll(model, windows, batch_size: int = 8) -> float:
     return sum(sums) / sum(len(w.targets) for w in windows)
 
 
+def _fit_config(setup: Setup, seed: int, pruned_dir: Path) -> Any:
+    """The library's default fit configuration with this comparison's sizes."""
+    from dataclasses import replace
+
+    from lcc_lens.fit import FitConfig
+
+    base = FitConfig()
+    return replace(
+        base,
+        seed=seed,
+        pruned=str(pruned_dir),
+        max_length=setup.max_length,
+        train=replace(
+            base.train, steps=setup.steps, batch_size=setup.batch_size, checkpoint_every=10_000
+        ),
+    )
+
+
 def fit(
     setup: Setup, seeds: tuple[int, ...], only: tuple[str, ...], budget_s: float = 1e9
 ) -> list[Path]:
@@ -215,15 +216,13 @@ def fit(
     Runs already written with the same setup are skipped; no new run starts once the time left of
     ``budget_s`` is shorter than the slowest run so far (so a job ends on time, between runs).
     """
-    from lcc_lens.compensation import Compensation
     from lcc_lens.evaluation.gap import nll_gap_closed
     from lcc_lens.evaluation.protocol import ProtocolConfig, sample_windows
-    from lcc_lens.training import TrainConfig, train
+    from lcc_lens.fit import stages as st
 
     rankings = json.loads((OUT / "rankings.json").read_text())["rankings"]
-    pair, data, _ = _pair_and_data()
+    pair, data, pruned_dir = _pair_and_data()
     lost, _ = _components(pair, data, setup.k)
-    tr, val = _encoded(pair, data, setup.max_length)
     pcfg = ProtocolConfig(context_length=setup.context_length, windows=setup.windows, seed=0)
     windows = {d: sample_windows(pair.tokenizer, t, pcfg)[0] for d, t in data.eval_texts.items()}
     base_path = OUT / "runs" / "baseline.json"
@@ -250,16 +249,11 @@ def fit(
         heads = [tuple(h) for h in rankings[key]["selected"]]
         t0 = time.perf_counter()
         torch.manual_seed(seed)
-        comp = Compensation(pair.geometry, heads, lost.directions)
-        tcfg = TrainConfig(
-            objective="kl",
-            lr=setup.lr,
-            steps=setup.steps,
-            batch_size=setup.batch_size,
-            seed=seed,
-            checkpoint_every=10_000,
-        )
-        history = train(pair, comp, tr, val, tcfg)
+        # the default fit's data, objective and compensation form on these heads, at setup.steps
+        config = _fit_config(setup, seed, pruned_dir)
+        encoded = st.choose_data(config, pair)
+        comp = st.build_compensation(pair, heads, lost, config)
+        history = st.train_compensation(pair, comp, encoded, config).history
         fit_s = time.perf_counter() - t0
         nll = {d: _nll((pair.pruned, comp), w) for d, w in windows.items()}
         gap = {d: nll_gap_closed(base["dense"][d], base["pruned"][d], nll[d]) for d in nll}

@@ -147,36 +147,35 @@ class Compensation(nn.Module):
         return self
 
     # ---- hooks --------------------------------------------------------------------------------
+    def layer_offset(self, layer: int) -> Float[Tensor, "n_heads d_head"]:
+        """One layer's offsets, zero for its unselected heads: the same ops in the same order as
+        head_offsets / z_offsets (zeros + V^T beta + b, scattered into zeros) for that layer only."""
+        idx = (self.heads[:, 0] == layer).nonzero().flatten()
+        rows = torch.zeros(len(idx), self.geometry.d_head, device=self.bias.device)
+        if self.use_directions:
+            rows = rows + torch.einsum("nk,nkd->nd", self.beta[idx], self.directions[idx])
+        if self.use_bias:
+            rows = rows + self.bias[idx]
+        return torch.zeros(
+            self.geometry.n_heads, self.geometry.d_head, device=rows.device
+        ).index_put((self.heads[idx, 1],), rows)
+
+    def layers(self) -> list[int]:
+        """The layers with at least one selected head."""
+        return sorted({lay for lay, _ in self.selected_heads()})
+
     def fwd_hooks(self) -> list[tuple[str, Any]]:
         """(hook name, hook fn) pairs adding this compensation at hook_z of every affected layer."""
-        if not self.n_selected:
-            return []
-        layers = sorted({lay for lay, _ in self.selected_heads()})
 
         def make(layer: int) -> Callable[..., Tensor]:
-            # only this layer's heads: the same ops in the same order as head_offsets / z_offsets
-            # (zeros + V^T beta + b, scattered into zeros), without rebuilding every layer's offsets
-            idx = (self.heads[:, 0] == layer).nonzero().flatten()
-            cols = self.heads[idx, 1]
-
             def add_offset(z: Tensor, *, hook: Any) -> Tensor:
-                rows = torch.zeros(len(idx), self.geometry.d_head, device=self.bias.device)
-                if self.use_directions:
-                    rows = rows + torch.einsum("nk,nkd->nd", self.beta[idx], self.directions[idx])
-                if self.use_bias:
-                    rows = rows + self.bias[idx]
-                off = torch.zeros(
-                    self.geometry.n_heads, self.geometry.d_head, device=rows.device
-                ).index_put((cols,), rows)
-                return z + off.to(device=z.device, dtype=z.dtype)
+                return z + self.layer_offset(layer).to(device=z.device, dtype=z.dtype)
 
             return add_offset
 
-        return per_layer_hooks(make, layers)
+        return per_layer_hooks(make, self.layers())
 
-    @contextlib.contextmanager
-    def attach(self, bridge) -> Iterator[Any]:
-        """Add the offsets at hook_z for the duration of the block; the hooks are always removed."""
+    def _check_model(self, bridge: Any) -> None:
         g = HeadGeometry.of(bridge)
         mine = self.geometry
         if (g.n_layers, g.n_heads, g.d_head) != (mine.n_layers, mine.n_heads, mine.d_head):
@@ -185,8 +184,30 @@ class Compensation(nn.Module):
                 f"the model has {g.n_layers}x{g.n_heads} of d_head {g.d_head}."
             )
         self.to(next(bridge.parameters()).device)
+
+    @contextlib.contextmanager
+    def attach(self, bridge) -> Iterator[Any]:
+        """Add the offsets at hook_z for the duration of the block; the hooks are always removed."""
+        self._check_model(bridge)
         with temporary_hooks(bridge, fwd_hooks=self.fwd_hooks()):
             yield bridge
+
+    @contextlib.contextmanager
+    def attach_for_training(self, bridge) -> Iterator[Any]:
+        """Like :meth:`attach`, for the training loop's logits only: on the bridge's plain twin
+        (:mod:`lcc_lens.twin`, shared weights) with the offsets added at each output projection's
+        input, which is hook_z flattened; on the bridge itself when it has no twin."""
+        from lcc_lens.twin import PlainLogits, output_pre_hooks, plain_twin
+
+        twin = plain_twin(bridge)
+        if twin is None:
+            with self.attach(bridge) as model:
+                yield model
+            return
+        self._check_model(bridge)
+        offsets = {lay: (lambda lay=lay: self.layer_offset(lay).flatten()) for lay in self.layers()}
+        with output_pre_hooks(twin, offsets):
+            yield PlainLogits(twin)
 
     # ---- persistence --------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> Path:

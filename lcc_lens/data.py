@@ -39,6 +39,8 @@ __all__ = [
     "DataConfig",
     "Encoded",
     "EvalRole",
+    "FIT_TEXTS",
+    "FitText",
     "Example",
     "FitData",
     "Targets",
@@ -55,6 +57,8 @@ __all__ = [
 ]
 
 EvalRole = Literal["test", "validation", "in_domain"]
+FitText = Literal["corpus", "self", "corpus_self"]
+FIT_TEXTS: tuple[str, ...] = ("corpus", "self", "corpus_self")
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,17 @@ class DataConfig:
             "next token of prompt + continuation; what distillation on whole passages uses)"
         },
     )
+    fit_text: FitText = field(
+        default="corpus",
+        metadata={
+            "help": "what the compensation is fitted on: 'corpus' (the fit examples), 'self' (text "
+            "the dense model samples itself from its BOS token, every token scored) or "
+            "'corpus_self' (half each)"
+        },
+    )
+    self_tokens: int = field(
+        default=128, metadata={"help": "new tokens per self-written sample (fit_text self)"}
+    )
     seed: int = field(default=0, metadata={"help": "seed of every sample drawn"})
 
     def __post_init__(self) -> None:
@@ -115,6 +130,10 @@ class DataConfig:
 
         if self.targets not in ("response", "all"):
             raise ConfigError(f"targets must be 'response' or 'all', got {self.targets!r}.")
+        if self.fit_text not in FIT_TEXTS:
+            raise ConfigError(f"fit_text must be one of {FIT_TEXTS}, got {self.fit_text!r}.")
+        if self.self_tokens < 1:
+            raise ConfigError(f"self_tokens must be >= 1, got {self.self_tokens}.")
 
         try:
             for name in ("calibration_domains", "fit_domains"):

@@ -224,7 +224,7 @@ def _objective(
     teacher = None
     if needs_teacher(cfg.objective):
         with torch.no_grad():
-            teacher = pair.dense(ids, attention_mask=attn, return_type="logits")
+            teacher = _teacher(pair)(ids, attention_mask=attn, return_type="logits")
     logits = model(ids, attention_mask=attn, return_type="logits")
     return objective_loss(cfg.objective, logits, ids, resp, teacher, cfg.kl_weight)
 
@@ -254,12 +254,28 @@ def train_step(
     return loss.detach()
 
 
+def _teacher(pair: ModelPair) -> Any:
+    """The dense model's logits: its plain twin (same weights, no bridge wrappers) when it has one."""
+    from lcc_lens.twin import PlainLogits, plain_twin
+
+    twin = plain_twin(pair.dense)
+    return pair.dense if twin is None else PlainLogits(twin)
+
+
 def _attached(method: Trainable | None, pair: ModelPair, student: Any = None) -> Any:
-    """A context manager yielding the model to run: the method attached, or the bare pruned model."""
+    """A context manager yielding the model to run: the method attached, or the bare pruned model.
+
+    A method with ``attach_for_training`` (the LCC compensation) runs on the pruned model's plain
+    twin (:mod:`lcc_lens.twin`): the same logits without the bridge's per-module overhead.
+    """
     base = pair.pruned if student is None else student
     if method is None:
-        return contextlib.nullcontext(base)
-    return method.attach(base)
+        from lcc_lens.twin import PlainLogits, plain_twin
+
+        twin = plain_twin(base)
+        return contextlib.nullcontext(base if twin is None else PlainLogits(twin))
+    fast = getattr(method, "attach_for_training", None)
+    return fast(base) if fast is not None else method.attach(base)
 
 
 @torch.no_grad()

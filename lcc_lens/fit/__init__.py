@@ -108,7 +108,7 @@ def fit(
         rd.check_run_dir(run, resume=resume, overwrite=overwrite)
     resolved = resolve_pair(config)  # checks the lengths against the model's positions
     pair = resolved.pair
-    encoded = choose_data(config, pair.tokenizer, data)
+    encoded = choose_data(config, pair, data)
     main = distributed.context().is_main  # under torchrun every rank computes, rank 0 writes
     distributed.barrier()  # every rank has checked --out before rank 0 creates anything
     if run is not None and main:

@@ -116,17 +116,46 @@ class EncodedData:
     validation: list[Encoded]
 
 
-def choose_data(config: FitConfig, tokenizer: Any, texts: FitData | None = None) -> EncodedData:
-    """Every text the run uses (``texts`` when given, else drawn from ``config.data``), tokenised."""
+def choose_data(config: FitConfig, pair: ModelPair, texts: FitData | None = None) -> EncodedData:
+    """Every text the run uses (``texts`` when given, else drawn from ``config.data``), tokenised.
+
+    With ``data.fit_text`` 'self' or 'corpus_self' the training examples are (half) text the dense model
+    writes itself (:mod:`lcc_lens.self_text`), every token scored; validation stays the fit domains'.
+    """
+    tokenizer = pair.tokenizer
     texts = texts if texts is not None else fit_data(config.data, seed=config.seed)
     targets = texts.config.targets
-    train_enc = encode(tokenizer, texts.train, config.max_length, targets=targets)
+    train_enc = _training_examples(config, pair, texts)
     val_enc = (
         encode(tokenizer, texts.validation, config.max_length, targets=targets)
         if texts.validation
         else []
     )
     return EncodedData(texts, train_enc, val_enc)
+
+
+def _training_examples(config: FitConfig, pair: ModelPair, texts: FitData) -> list[Encoded]:
+    from lcc_lens.models import model_fingerprint
+    from lcc_lens.self_text import sample_texts, self_examples
+
+    dcfg = texts.config
+    corpus = list(texts.train)
+    if dcfg.fit_text == "corpus":
+        return encode(pair.tokenizer, corpus, config.max_length, targets=dcfg.targets)
+    samples = sample_texts(
+        pair.dense,
+        pair.tokenizer,
+        len(corpus),
+        dcfg.self_tokens,
+        seed=config.seed,
+        model_key=model_fingerprint(pair.dense_source),
+    )
+    own = self_examples(pair.tokenizer, samples)
+    if dcfg.fit_text == "self":
+        return encode(pair.tokenizer, own, config.max_length, targets="all")
+    return encode(pair.tokenizer, corpus[::2], config.max_length, targets=dcfg.targets) + encode(
+        pair.tokenizer, own[1::2], config.max_length, targets="all"
+    )
 
 
 # ---- activation differences and lost components ------------------------------------------------

@@ -9,7 +9,13 @@ from __future__ import annotations
 from lcc_lens.errors import ConfigError
 from lcc_lens.methods.base import HFLogits, RestorationMethod
 from lcc_lens.methods.context import MethodContext
-from lcc_lens.methods.head_offsets import LCC, BiasAllHeads, LCCRandomHeads, LostComponent
+from lcc_lens.methods.head_offsets import (
+    LCC,
+    BiasAllHeads,
+    LCCPaper,
+    LCCRandomHeads,
+    LostComponent,
+)
 from lcc_lens.methods.lofit import LoFiT
 from lcc_lens.methods.mean_bias import MeanBias
 from lcc_lens.methods.peft_adapters import DoRAMatched, DoRAR8, LoRAMatched, LoRAR8
@@ -18,6 +24,7 @@ _REGISTRY: dict[str, type[RestorationMethod]] = {
     cls.name: cls
     for cls in (
         LCC,
+        LCCPaper,
         LCCRandomHeads,
         BiasAllHeads,
         LostComponent,

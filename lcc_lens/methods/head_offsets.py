@@ -82,7 +82,7 @@ class HeadOffsetMethod(RestorationMethod):
 
 
 class LCC(HeadOffsetMethod):
-    """LCC in the fit's default configuration (today: probed heads, c = V^T beta + b, lr 1e-2)."""
+    """LCC in the fit's default configuration (today: a free offset on every head, lr 5e-3)."""
 
     name = "lcc"
 
@@ -96,6 +96,14 @@ class LCC(HeadOffsetMethod):
         self.use_bias = fit.compensation.use_bias  # type: ignore[misc]
         self.init_lost_component = fit.compensation.init == "lost_component"  # type: ignore[misc]
         self.default_lr = fit.train.lr  # type: ignore[misc]
+
+
+class LCCPaper(HeadOffsetMethod):
+    """LCC as the paper has it: contrastively probed heads (the selector's fraction), c = V^T beta + b."""
+
+    name = "lcc_paper"
+    selection = "probe"
+    use_directions = True
 
 
 class LCCRandomHeads(HeadOffsetMethod):

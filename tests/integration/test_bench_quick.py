@@ -37,8 +37,10 @@ def test_quick_runs_every_method_with_the_required_fields(quick):
         assert row["merged_forward_ratio"]["mean"] > 0
         assert row["fit_seconds"]["mean"] >= 0
         assert row["peak_memory_mb"]["mean"] is not None
-    # LCC: beta and b on 25 % of the 12 heads (d_head 16); the matched adapters come close to it
-    assert rows["lcc"]["trainable_params"] == 3 * 2 * 16
+    # the fit's default: a free offset on each of the 3 x 4 heads of d_head 16
+    assert rows["lcc"]["trainable_params"] == 3 * 4 * 16
+    # the paper's form: 25 % of the heads (3), beta and b of 16 each
+    assert rows["lcc_paper"]["trainable_params"] == 3 * 2 * 16
     assert rows["lost_component"]["trainable_params"] == 0
     assert rows["lora_r8"]["trainable_params"] > 50 * rows["lcc"]["trainable_params"]
     assert rows["lora_matched"]["trainable_params"] < 2 * rows["lcc"]["trainable_params"]
@@ -50,7 +52,7 @@ def test_sparsity_kept_is_measured(quick):
     rows = {r["method"]: r for r in payload["rows"]}
     assert rows["pruned"]["sparsity_kept"] == 1.0
     assert rows["dense"]["sparsity_kept"] < 0.01  # the dense weights are not zero there
-    for name in ("lcc", "lofit", "mean_bias", "lost_component", "bias_all_heads"):
+    for name in ("lcc", "lcc_paper", "lofit", "mean_bias", "lost_component", "bias_all_heads"):
         assert rows[name]["sparsity_kept"]["mean"] == 1.0
     for name in ("lora_r8", "dora_r8", "lora_matched", "dora_matched"):
         assert rows[name]["sparsity_kept"]["mean"] < 1.0

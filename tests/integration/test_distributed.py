@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 STEPS = 4
@@ -160,9 +161,38 @@ if __name__ == "__main__":  # a rank under torchrun
     worker(sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4])
 
 
-def test_torchrun_fit_command_equals_one_process(llama_pair_dirs, tmp_path):
-    """`torchrun --nproc_per_node 2 -m lcc_lens.fit`: diff, selection and training data-parallel,
-    rank 0 writes the run directory; the offsets equal an in-process single fit within 1e-5."""
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+LAUNCHERS = {
+    "torchrun": ["torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    # accelerate's multi-process launcher; on a machine without GPUs its ranks use gloo on CPU
+    # (its --cpu flag with several processes expects MPI instead)
+    "accelerate": [
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ],
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_fit_command_under_two_processes_equals_one(launcher, llama_pair_dirs, tmp_path):
+    """`torchrun --nproc_per_node 2 -m lcc_lens.fit` and `accelerate launch --multi_gpu
+    --num_processes 2 -m lcc_lens.fit`: diff, selection and training data-parallel, rank 0 writes
+    the run directory; the offsets equal an in-process single fit within 1e-5."""
     import yaml
     from safetensors.torch import load_file
 
@@ -188,7 +218,9 @@ def test_torchrun_fit_command_equals_one_process(llama_pair_dirs, tmp_path):
         "PYTHONPATH": str(Path.cwd()),
         "LCC_LENS_CACHE": str(tmp_path / "cache"),  # the two ranks compute the diff themselves
     }
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd = [sys.executable, "-m", *LAUNCHERS[launcher]]
+    if launcher == "accelerate":
+        cmd += ["--main_process_port", str(_free_port())]
     cmd += [
         "-m",
         "lcc_lens.fit",

@@ -1,11 +1,11 @@
 """The CI-budgeted end-to-end run on the real embedded SmolLM2-135M-Instruct (a few minutes on 2 cores).
 
-Wanda 50 % prune (cached), lost components, contrastive probing, a short fit through the CLI, the export check
-and the evaluation protocol on every domain, out-of-domain test domain first.
+Wanda 50 % prune (cached), lost components, the default fit (KL to the dense model on half fit-domain, half
+self-written text, a free offset on every head) shortened to 16 steps of 8 x 64 tokens through the CLI, the
+export check and the evaluation protocol on every domain, out-of-domain test domain first.
 
-The fit uses the one setting measured with three seeds (analysis/results/ood/: KL to the dense model on every
-position, lr 0.02), which restores in domain. What it does out of domain is reported, not asserted: measured,
-it is about zero (README), and a test must not pretend otherwise.
+It asserts restoration on the domains it was fitted on; what the short fit does out of domain is reported,
+not asserted (the full default's 3-seed figures are in analysis/results/ood/).
 """
 
 from __future__ import annotations
@@ -24,9 +24,8 @@ def test_fit_cli_end_to_end_on_the_real_model(tmp_path, capsys):
     out = tmp_path / "run"
     rc = fit_main(
         [
-            "--out", str(out), "--steps", "12", "--n-train", "64", "--n-diff-prompts", "32",
-            "--n-pairs", "128", "--fraction", "0.25", "--windows", "12", "--device", "cpu",
-            "--objective", "kl", "--targets", "all", "--lr", "0.02", "--max-length", "64",
+            "--out", str(out), "--steps", "16", "--n-train", "64", "--n-diff-prompts", "32",
+            "--windows", "12", "--device", "cpu", "--max-length", "64", "--self-tokens", "64",
         ]
     )  # fmt: skip
     assert rc == 0
@@ -39,10 +38,10 @@ def test_fit_cli_end_to_end_on_the_real_model(tmp_path, capsys):
     assert list(domains)[0] == "speeches" and domains["speeches"]["role"] == "test"
     in_domain = [d for d in domains.values() if d["role"] == "in_domain"]
     assert len(in_domain) == 2
-    # the compensation restores the domains it was fitted on (measured: 22-24 % of the NLL gap)
+    # the compensation restores the domains it was fitted on
     for d in in_domain:
         assert d["nll"]["restored"] < d["nll"]["pruned"]
     assert summary["export_max_abs_logit_diff"] < 1e-3
     heads = json.loads((out / "heads.json").read_text())
-    assert heads["n_selected"] == round(0.25 * 270)
+    assert heads["n_selected"] == 270  # the default compensates every head
     assert "gap closed" in capsys.readouterr().out

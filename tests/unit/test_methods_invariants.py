@@ -20,7 +20,15 @@ from lcc_lens.probe_data import ProbeDataConfig
 from lcc_lens.training import TrainConfig
 
 TOL = 1e-4
-KEEP_ZEROS = {"lcc", "lcc_random_heads", "bias_all_heads", "lost_component", "mean_bias", "lofit"}
+KEEP_ZEROS = {
+    "lcc",
+    "lcc_paper",
+    "lcc_random_heads",
+    "bias_all_heads",
+    "lost_component",
+    "mean_bias",
+    "lofit",
+}
 FILL_ZEROS = {"lora_matched", "lora_r8", "dora_matched", "dora_r8"}
 
 
