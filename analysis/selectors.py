@@ -10,12 +10,13 @@ and skips runs already written, so repeat it, e.g. per group of selectors, until
 
 ``rank`` builds the contrastive probe pairs from the fit split, captures the dense model's probe features
 (cached under the lcc_lens cache), scores every selector for every seed and writes
-``analysis/results/selection/rankings.json``, ``heads.json`` (the probe ranking with each head's score, null
-and stability) and the probe figure. ``fit`` trains one LCC compensation per selector on the selected heads
-(the default fit's data, objective and compensation form at reduced steps, the same for every selector)
-and scores it with the evaluation protocol's windows on every domain: ``runs/<selector>_seed<seed>.json``. ``report`` writes
-``selectors.json`` and the generated ``selectors.md`` (NLL gap closed, out of domain first, mean +- sd over
-seeds, and the Jaccard overlap of the selected sets across seeds).
+``analysis/results/selection/rankings.json`` and ``heads_<probe>.json`` (the probe ranking with each
+head's score, null and stability). ``fit`` trains one compensation per selector on the selected heads (the
+default fit's data, objective and compensation form at reduced steps, the same for every selector) and
+scores it with the evaluation protocol's windows on every domain: ``runs/<selector>_seed<seed>.json``.
+``report`` writes ``selectors.json``, the generated ``selectors.md`` (NLL gap closed, out of domain first,
+mean +- sd over seeds, and the Jaccard overlap of the selected sets across seeds) and the probe figures
+(``figures/<probe>_null``, drawn from ``heads_<probe>.json``).
 """
 
 from __future__ import annotations
@@ -104,8 +105,6 @@ def _features(pair, data, setup: Setup):
 
 def rank(setup: Setup) -> Path:
     """Every selector's ranking for every seed; heads.json and the figure for the probe."""
-    from lcc_lens import plots
-    from lcc_lens.plots.probe import probe_null_figure
     from lcc_lens.selection import SelectConfig, select_heads
 
     t0 = time.perf_counter()
@@ -129,17 +128,8 @@ def rank(setup: Setup) -> Path:
             timing[f"{name}/{seed}"] = time.perf_counter() - t1
             rankings[f"{name}/{seed}"] = r.to_json(g)
             if name.startswith("probe") and seed == setup.seeds[0]:
+                # the figures are drawn from these files by ``report``
                 write_text(OUT / f"heads_{name}.json", r.dumps(g) + "\n")
-                label = "held-out pairwise accuracy" if mode == "paper" else "|w.c| / contrast"
-                fig = probe_null_figure(
-                    r.scores,
-                    r.extra["null_mean"],
-                    r.extra["null_sd"],
-                    g,
-                    r.selected,
-                    label=label,
-                )
-                plots.save_figure(fig, OUT / "figures" / f"{name}_null", png=True)
     ridge_check = _ridge_check(feats, SelectConfig(fraction=setup.fraction).count(g))
     kinds: dict[str, int] = {}
     for s in items:
@@ -269,6 +259,7 @@ def fit(
             "fit_seconds": fit_s,
             "wall_seconds": time.perf_counter() - t0,
             "setup": asdict(setup),
+            "fit_config": config.to_dict(),
             "command": "python -m analysis.selectors " + " ".join(sys.argv[1:]),
         }
         write_text(path, json.dumps(record, indent=1) + "\n")

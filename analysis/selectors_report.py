@@ -93,8 +93,25 @@ def summarise(out: Path) -> dict[str, Any]:
         "ridge_check": rankings.get("ridge_check", {}),
         "setup": rankings["setup"],
         "fit_setup": runs[0]["setup"] if runs else None,
+        "recipe": _recipe(runs),
         "probe_pairs": rankings["probe_pairs"],
     }
+
+
+def _recipe(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The training recipe every run used: its recorded fit configuration (seed aside).
+
+    Runs written before the configuration was recorded ran the same code path; they are counted so the
+    report can say how many runs carry the record.
+    """
+    recorded = [r["fit_config"] for r in runs if "fit_config" in r]
+    if not recorded:
+        return None
+    keys = ("train", "compensation", "data", "max_length")
+    first = {k: recorded[0][k] for k in keys}
+    if any({k: c[k] for k in keys} != first for c in recorded[1:]):
+        raise ValueError("selector runs were trained with different recipes; rerun them together.")
+    return {**first, "n_runs_recorded": len(recorded), "n_runs": len(runs)}
 
 
 def _versus(a: list[float], b: list[float]) -> dict[str, float | bool | None]:
@@ -111,6 +128,23 @@ def _versus(a: list[float], b: list[float]) -> dict[str, float | bool | None]:
         "more_than_2_sd": bool(sd and not math.isnan(sd) and diff > 2 * sd),
         "n_seeds": min(len(a), len(b)),
     }
+
+
+def _recipe_text(recipe: dict[str, Any] | None, st: dict[str, Any]) -> list[str]:
+    """One paragraph naming the compensation form, objective, data and budget of every run."""
+    if recipe is None:
+        return [f"Compensation trained for {st['steps']} steps of batch {st['batch_size']}."]
+    tr, comp, data = recipe["train"], recipe["compensation"], recipe["data"]
+    form = "V^T beta + b" if comp["use_directions"] else "a free offset b"
+    return [
+        f"The default fit's recipe on each selector's heads ({st['fraction']:.0%} of the heads; "
+        f"'all': every head): {form} per head, objective {tr['objective']}, lr {tr['lr']}, "
+        f"{tr['steps']} steps of batch {tr['batch_size']} (max length {recipe['max_length']}), "
+        f"training text '{data['fit_text']}' (targets '{data['targets']}'); the same data and seed "
+        f"for every selector (recipe recorded in {recipe['n_runs_recorded']} of {recipe['n_runs']} "
+        "run files; the others ran the same code path before the record was added).",
+        "",
+    ]
 
 
 def _restoration(s: dict[str, Any]) -> list[str]:
@@ -139,10 +173,8 @@ def _restoration(s: dict[str, Any]) -> list[str]:
     budget = [n for n in rows if n != "all"] or list(rows)
     best_budget = max(budget, key=lambda n: rows[n]["gap_closed_nll"][test]["mean"])
     return [
-        f"LCC compensation (V^T beta + b, K={st['k']}) on {st['fraction']:.0%} of the heads per "
-        f"selector ('all': every head), trained with KL to the dense model for {st['steps']} steps of "
-        f"batch {st['batch_size']} (max length {st['max_length']}, lr {st['lr']}), the same data and "
-        "seed for every selector. NLL gap closed = (NLL_pruned - NLL_restored) / (NLL_pruned - "
+        *_recipe_text(s.get("recipe"), st),
+        "NLL gap closed = (NLL_pruned - NLL_restored) / (NLL_pruned - "
         f"NLL_dense) on the evaluation protocol's windows ({base['protocol']['windows']} x "
         f"{base['protocol']['context_length']} tokens per domain, the same windows for every run); mean "
         "+- sd over seeds. Out-of-domain columns first: the test domain is never used for calibration, "
@@ -163,8 +195,44 @@ def _restoration(s: dict[str, Any]) -> list[str]:
     ]
 
 
+def write_figures(out: Path) -> list[Path]:
+    """The probe figures (score against its permutation null, selected heads marked), redrawn from the
+    committed ``heads_<probe>.json`` so they need no model: HTML always, PNG where kaleido works."""
+    import torch
+
+    from lcc_lens import plots
+    from lcc_lens.models import HeadGeometry
+    from lcc_lens.plots.probe import probe_null_figure
+
+    written: list[Path] = []
+    for path in sorted(out.glob("heads_probe*.json")):
+        doc = json.loads(path.read_text())
+        rows = doc["ranking"]
+        n_layers = 1 + max(r["layer"] for r in rows)
+        n_heads = 1 + max(r["head"] for r in rows)
+        # only the layer x head grid is drawn; the other sizes are not recorded in heads.json
+        g = HeadGeometry("from " + path.name, n_layers, n_heads, n_heads, 0, 0, 0)
+        grids = {k: torch.zeros(n_layers, n_heads) for k in ("score", "null_mean", "null_sd")}
+        for r in rows:
+            for k, grid in grids.items():
+                grid[r["layer"], r["head"]] = r[k]
+        paper = doc["info"]["probe_mode"] == "paper"
+        fig = probe_null_figure(
+            grids["score"],
+            grids["null_mean"],
+            grids["null_sd"],
+            g,
+            [tuple(h) for h in doc["selected"]],
+            label="held-out pairwise accuracy" if paper else "|w.c| / contrast",
+        )
+        name = path.stem.removeprefix("heads_")
+        written += plots.save_figure(fig, out / "figures" / f"{name}_null", png=True)
+    return written
+
+
 def write_report(out: Path) -> Path:
     s = summarise(out)
+    write_figures(out)
     write_text(out / "selectors.json", json.dumps(s, indent=1) + "\n")
     st = s["setup"]
     sig = [

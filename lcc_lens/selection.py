@@ -58,10 +58,11 @@ class SelectConfig:
     )
     seed: int = field(default=0, metadata={"help": "seed of the random selector and probe splits"})
     probe_mode: str = field(
-        default="paper",
+        default="aligned",
         metadata={
-            "help": "probe statistic: 'paper' (held-out pairwise accuracy) or 'aligned' "
-            "(|w.c| / contrast, lets the lost component matter)"
+            "help": "probe statistic: 'aligned' (|w.c| / contrast, lets the lost component matter; "
+            "selected heads that restore more out of domain, analysis/results/selection) or 'paper' "
+            "(held-out pairwise accuracy, the lost component absorbed)"
         },
     )
     probe_splits: int = field(

@@ -18,6 +18,8 @@ SETTINGS: dict[str, PruneConfig] = {
 
 DEFAULT_OUT = "analysis/results/bench"
 QUICK_SETTING = "magnitude_quick_50"
+QUICK_SELF_TOKENS = 16
+"""New tokens per self-written training sample in ``--quick`` runs (the fit's default is 128)."""
 """The setting of ``--quick``: 50 % magnitude pruning of a tiny random model (no calibration)."""
 
 

@@ -1,9 +1,10 @@
 """The benchmark composition: for each pruning setting, every method x seed on the same data and budget.
 
 Per (method, seed): prepare the method from the shared stages, train it with the project's training loop
-(same data, steps, batch and objective for all), export a merged plain HF model, measure the export
-(zeros kept, forward time against the pruned model, interleaved), and score it with the evaluation
-protocol. Each finished (method, seed) is stored on disk before the next starts (resume).
+on the fit's own training examples (half corpus, half self-written text; the same steps, batch and
+objective for all), export a merged plain HF model, measure the export (zeros kept, forward time against
+the pruned model, interleaved), and score it with the evaluation protocol. Each finished (method, seed) is
+stored on disk before the next starts (resume).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from lcc_lens import __version__
 from lcc_lens.bench.cache import ResultCache
 from lcc_lens.bench.config import (
     DEFAULT_OUT,
+    QUICK_SELF_TOKENS,
     QUICK_SETTING,
     SETTINGS,
     BenchConfig,
@@ -30,8 +32,9 @@ from lcc_lens.bench.config import (
 from lcc_lens.bench.measure import PeakMemory, forward_ratio, sparsity_kept
 from lcc_lens.bench.results import aggregate_rows, write_outputs
 from lcc_lens.bench.scoring import TASKS, ScoringPlan, gaps, sampled_windows, score_model
-from lcc_lens.data import DataConfig, encode, fit_data
+from lcc_lens.data import DataConfig, fit_data
 from lcc_lens.evaluation.protocol import ProtocolConfig
+from lcc_lens.fit.stages import EncodedData, choose_data
 from lcc_lens.methods import MethodContext, make_method
 from lcc_lens.models import ModelPair, describe, load_causal_lm, resolve_device
 from lcc_lens.training import TrainConfig, train
@@ -137,11 +140,17 @@ def run_method(
     return result
 
 
-def _plan(cfg: BenchConfig, tokenizer: Any) -> tuple[ScoringPlan, DataConfig]:
-    """The held-out windows (out of domain first) and the task items every model is scored on."""
+def data_config(cfg: BenchConfig) -> DataConfig:
+    """The fit's data defaults (corpus and self-written training text) at the benchmark's size."""
     from lcc_lens.fit import FitConfig
 
-    dcfg = replace(FitConfig().data, n_train=cfg.n_train)  # the fit's data defaults
+    dcfg = replace(FitConfig().data, n_train=cfg.n_train)
+    return replace(dcfg, self_tokens=QUICK_SELF_TOKENS) if cfg.quick else dcfg
+
+
+def _plan(cfg: BenchConfig, tokenizer: Any) -> tuple[ScoringPlan, DataConfig]:
+    """The held-out windows (out of domain first) and the task items every model is scored on."""
+    dcfg = data_config(cfg)
     data = fit_data(dcfg, seed=0)  # the held-out texts do not depend on the seed
     protocol = ProtocolConfig(
         context_length=cfg.eval_context, windows=cfg.eval_windows, seed=0, bootstrap=0
@@ -187,8 +196,10 @@ def run_setting(cfg: BenchConfig, setting: str, work: Path, command: str = "") -
     dense_src, pruned_src = resolve_models(cfg, setting, work)
     device = resolve_device(cfg.device)
     dtype = _DTYPES[cfg.dtype]
+    plan_data = data_config(cfg)
     identity = {
         "bench": cfg.fingerprint_dict(),
+        "data": asdict(plan_data),
         "dense": describe(dense_src)["fingerprint"],
         "pruned": describe(pruned_src)["fingerprint"],
         "version": __version__,
@@ -215,26 +226,27 @@ def run_setting(cfg: BenchConfig, setting: str, work: Path, command: str = "") -
         steps=cfg.steps,
         batch_size=cfg.batch_size,
     )
-    data_by_seed: dict[int, Any] = {}
+    data_by_seed: dict[int, EncodedData] = {}
+    n_examples: dict[int, int] = {}
     for seed, name in tqdm(jobs, desc=f"bench {setting}", unit="run"):
         got = cache.get(name, seed)
         if got is None:
-            if seed not in data_by_seed:
-                data = fit_data(dcfg, seed=seed)
-                enc = encode(pair.tokenizer, data.train, cfg.max_length, targets=dcfg.targets)
-                data_by_seed = {seed: (data, enc)}
-            data, enc = data_by_seed[seed]
+            fit = fit_config(cfg, dcfg, seed)
+            if seed not in data_by_seed:  # the fit's own training examples, shared by every method
+                data_by_seed = {seed: choose_data(fit, pair)}
+                n_examples[seed] = len(data_by_seed[seed].train)
+            chosen = data_by_seed[seed]
             ctx = MethodContext(
                 pair,
                 dense_src,
                 pruned_src,
-                data,
-                enc,
+                chosen.texts,
+                chosen.train,
                 replace(base_train, seed=seed),
                 seed=seed,
                 head_fraction=cfg.head_fraction,
                 k=cfg.k,
-                fit=fit_config(cfg, dcfg, seed),
+                fit=fit,
                 _cache={"pruned_hf": pruned_hf, "dense_hf": dense_hf},
             )
             got = run_method(name, ctx, cfg, plan, ids)
@@ -250,6 +262,11 @@ def run_setting(cfg: BenchConfig, setting: str, work: Path, command: str = "") -
         "config": cfg.to_dict(),
         "models": {"dense": describe(dense_src), "pruned": describe(pruned_src)},
         "data": fit_data(dcfg, seed=cfg.seeds[0]).describe(),
+        "training_text": {
+            "fit_text": dcfg.fit_text,
+            "self_tokens": dcfg.self_tokens,
+            "examples_per_seed_run_here": n_examples,
+        },
         "protocol": {
             "windows": cfg.eval_windows,
             "context_length": cfg.eval_context,

@@ -92,14 +92,18 @@ class MethodContext:
         assert self.fit is not None
         return max(1, self.fit.select.count(self.geometry))
 
-    def heads(self, method: str) -> list[tuple[int, int]]:
-        """Heads chosen by the fit's selection stage with ``method`` (probe, random, all, ...)."""
-        key = f"heads:{method}"
+    def heads(self, method: str, probe_mode: str | None = None) -> list[tuple[int, int]]:
+        """Heads chosen by the fit's selection stage with ``method`` (probe, random, all, ...).
+
+        ``probe_mode`` overrides the fit's probe statistic ('paper' or 'aligned') for ``probe``.
+        """
+        mode = probe_mode or (self.fit.select.probe_mode if self.fit is not None else None)
+        key = f"heads:{method}:{mode}"
         if key not in self._cache:
             from lcc_lens.fit.stages import select
 
             assert self.fit is not None
-            scfg = dataclasses.replace(self.fit.select, method=method)  # type: ignore[arg-type]
+            scfg = dataclasses.replace(self.fit.select, method=method, probe_mode=mode)  # type: ignore[arg-type]
             if method != "all":
                 scfg = dataclasses.replace(scfg, n_heads=self.n_heads())
             fit = dataclasses.replace(self.fit, select=scfg)

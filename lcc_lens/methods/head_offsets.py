@@ -28,6 +28,7 @@ class HeadOffsetMethod(RestorationMethod):
     """A Compensation on heads chosen by ``selection``; subclasses fix the variant."""
 
     selection: ClassVar[str] = "probe"
+    probe_mode: ClassVar[str | None] = None  # None: the fit's probe statistic
     use_directions: ClassVar[bool] = True
     use_bias: ClassVar[bool] = True
     init_lost_component: ClassVar[bool] = False
@@ -37,7 +38,7 @@ class HeadOffsetMethod(RestorationMethod):
         self.compensation: Compensation | None = None
 
     def prepare(self, ctx: MethodContext) -> None:
-        heads = ctx.heads(self.selection)
+        heads = ctx.heads(self.selection, self.probe_mode)
         comps = ctx.components() if (self.use_directions or self.init_lost_component) else None
         comp = Compensation(
             ctx.geometry,
@@ -61,6 +62,14 @@ class HeadOffsetMethod(RestorationMethod):
         with self.compensation.attach(bridge) as hooked:
             yield hooked
 
+    @contextlib.contextmanager
+    def attach_for_training(self, bridge: Any) -> Iterator[Any]:
+        """The training loop's path, as in ``lcc fit``: the offsets on the bridge's plain twin."""
+        self.check_prepared()
+        assert self.compensation is not None
+        with self.compensation.attach_for_training(bridge) as model:
+            yield model
+
     def export(self, model: PreTrainedModel) -> PreTrainedModel:
         from lcc_lens.export import merge
 
@@ -74,6 +83,7 @@ class HeadOffsetMethod(RestorationMethod):
         out = super().describe()
         out.update(
             selection=self.selection,
+            probe_mode=self.probe_mode,
             use_directions=self.use_directions,
             use_bias=self.use_bias,
             n_heads=self.compensation.n_selected if self.compensation is not None else None,
@@ -99,10 +109,11 @@ class LCC(HeadOffsetMethod):
 
 
 class LCCPaper(HeadOffsetMethod):
-    """LCC as the paper has it: contrastively probed heads (the selector's fraction), c = V^T beta + b."""
+    """LCC as the paper has it: heads by the paper's probe statistic (the selector's fraction), c = V^T beta + b."""
 
     name = "lcc_paper"
     selection = "probe"
+    probe_mode = "paper"
     use_directions = True
 
 

@@ -12,6 +12,7 @@ import pytest
 from lcc_lens.bench import BenchConfig, run_bench
 from lcc_lens.bench.config import QUICK_SETTING
 from lcc_lens.bench.results import GAP_KEYS, markdown_table
+from lcc_lens.fit import FitConfig
 from lcc_lens.methods import METHOD_NAMES
 
 
@@ -44,6 +45,9 @@ def test_quick_runs_every_method_with_the_required_fields(quick):
     assert rows["lost_component"]["trainable_params"] == 0
     assert rows["lora_r8"]["trainable_params"] > 50 * rows["lcc"]["trainable_params"]
     assert rows["lora_matched"]["trainable_params"] < 2 * rows["lcc"]["trainable_params"]
+    # every method trains on the fit's own examples: corpus plus self-written text
+    assert payload["training_text"]["fit_text"] == FitConfig().data.fit_text == "corpus_self"
+    assert payload["training_text"]["examples_per_seed_run_here"] == {0: 24, 1: 24}
     print(f"quick benchmark: {seconds:.1f} s")
 
 

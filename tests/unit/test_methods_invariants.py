@@ -141,3 +141,19 @@ def test_unprepared_method_is_refused(ctx):
         make_method("lofit").export(ctx.pruned_model())
     with pytest.raises(ConfigError, match="unknown restoration method"):
         make_method("qlora")
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in METHOD_NAMES if hasattr(make_method(n), "attach_for_training")]
+)
+def test_training_path_matches_attach(name, ctx, ids):
+    """A method's fast training path (the plain twin) gives the attached model's logits."""
+    method = make_method(name)
+    method.prepare(ctx)
+    _perturb(method)
+    with method.attach(ctx.pair.pruned) as model:
+        hooked = _logits(model, ids)
+    with method.attach_for_training(ctx.pair.pruned) as model:
+        fast = _logits(model, ids)
+    assert (fast - hooked).abs().max() <= 1e-5
+    assert (hooked - _logits(ctx.pair.pruned, ids)).abs().max() > 1e-3

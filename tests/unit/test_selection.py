@@ -79,7 +79,9 @@ def test_probe_selector_finds_the_planted_head(planted_pair, texts):
 def test_paper_probe_is_blind_to_the_lost_component(planted_pair, texts):
     """As the paper writes it, c cancels: scores with and without the components are identical."""
     lc = lost_components(head_diffs(planted_pair, PROMPTS, DiffConfig()).samples, k=1)
-    cfg = SelectConfig(method="probe", n_heads=3, probe_splits=2, probe_permutations=20)
+    cfg = SelectConfig(
+        method="probe", probe_mode="paper", n_heads=3, probe_splits=2, probe_permutations=20
+    )
     a = select_heads(planted_pair, cfg, components=lc, probe_data=_pairs(texts))
     b = select_heads(planted_pair, cfg, components=None, probe_data=_pairs(texts))
     assert torch.equal(a.scores, b.scores) and a.selected == b.selected
