@@ -112,6 +112,13 @@ class TrainConfig:
         default=8, metadata=_help("examples per micro-batch, global over all processes")
     )
     grad_accum: int = field(default=1, metadata=_help("micro-batches per optimizer step"))
+    memory_chunk: int | None = field(
+        default=None,
+        metadata=_help(
+            "examples per forward/backward pass on each process, for memory only: the gradient "
+            "stays the token-weighted mean over the whole batch; none = the whole batch at once"
+        ),
+    )
     max_grad_norm: float = field(default=1.0, metadata=_help("gradient-norm clipping, > 0"))
     seed: int = field(default=0, metadata=_help("seed of the batch order"))
     checkpoint_every: int = field(
@@ -131,6 +138,8 @@ class TrainConfig:
         _check_int(self, "seed", low=0)
         if self.steps is not None:
             _check_int(self, "steps", low=0)
+        if self.memory_chunk is not None:
+            _check_int(self, "memory_chunk", low=1)
 
     def total_steps(self, n_train: int) -> int:
         per_epoch = math.ceil(n_train / (self.batch_size * self.grad_accum))
@@ -242,8 +251,8 @@ def train_step(
 ) -> Tensor:
     """Forward and backward of one micro-batch; gradients accumulate into ``method``'s parameters.
 
-    The loss is the objective (times ``weight``, this rank's share of the global target tokens under
-    torch.distributed) divided by ``cfg.grad_accum``; it is returned detached.
+    The loss is the objective (times ``weight``, this pass's share of the micro-batch's target tokens
+    under torch.distributed or ``memory_chunk``) divided by ``cfg.grad_accum``; it is returned detached.
     """
     with _attached(method, pair, student) as model:
         loss = _objective(pair, model, ids, attn, resp, cfg)
@@ -311,6 +320,26 @@ def evaluate_loss(
     return total / max(1, weight)
 
 
+def _passes(
+    batch: list[Encoded], cfg: TrainConfig, ctx: dist.DistContext
+) -> list[tuple[list[Encoded], float | None]]:
+    """The forward/backward passes of one micro-batch on this rank, each with its share of the batch's
+    target tokens (None: the whole batch in one pass), so the gradients sum to the batch's mean."""
+    total = _n_targets(batch)
+    if ctx.distributed:
+        batch = [batch[i] for i in dist.shard_range(len(batch), ctx)]
+    size = cfg.memory_chunk or len(batch) or 1
+    chunks = [batch[i : i + size] for i in range(0, len(batch), size)]
+    if not ctx.distributed and len(chunks) == 1:
+        return [(batch, None)]  # the plain path, unweighted
+    out = []
+    for chunk in chunks:
+        n = _n_targets(chunk)
+        if n:
+            out.append((chunk, n / max(1, total)))
+    return out
+
+
 def _step_loss(
     pair: ModelPair,
     method: Trainable,
@@ -324,16 +353,10 @@ def _step_loss(
     loss_sum = 0.0
     for micro in _micro_batches(len(train_data), cfg, step):
         batch = [train_data[i] for i in micro]
-        weight = None
-        if ctx.distributed:
-            shard = [batch[i] for i in dist.shard_range(len(batch), ctx)]
-            local, total = _n_targets(shard), _n_targets(batch)
-            if not shard or local == 0:
-                continue
-            batch, weight = shard, local / max(1, total)
-        ids, attn, resp = _collate(pair, batch)
-        loss = train_step(pair, method, ids, attn, resp, cfg, student=student, weight=weight)
-        loss_sum += float(loss)
+        for chunk, weight in _passes(batch, cfg, ctx):
+            ids, attn, resp = _collate(pair, chunk)
+            loss = train_step(pair, method, ids, attn, resp, cfg, student=student, weight=weight)
+            loss_sum += float(loss)
     if ctx.distributed:
         loss_sum = float(dist.all_reduce_sum(torch.tensor([loss_sum], dtype=torch.float64))[0])
     return loss_sum

@@ -50,7 +50,9 @@ def _compensation_default() -> CompensationConfig:
 
 
 def _train_default() -> TrainConfig:
-    return TrainConfig(objective="kl", lr=5e-3, steps=48, checkpoint_every=8)
+    # passes of 4 of the 8 examples: the same token-weighted gradient, and the default job's peak memory
+    # falls from 4.5 to 3.05 GB in its training stage (measured on the embedded model, issue 11)
+    return TrainConfig(objective="kl", lr=5e-3, steps=48, checkpoint_every=8, memory_chunk=4)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ PRE_REFACTOR_DEFAULTS = {
     "data": {"targets": "response", "fit_text": "corpus"},
     "select": {"method": "probe"},
     "compensation": {"use_directions": True},
-    "train": {"objective": "lm", "lr": 0.01},
+    "train": {"objective": "lm", "lr": 0.01, "memory_chunk": None},
 }
 """The fit's defaults when the pin was written; issue 11 then chose others on out-of-domain text, so
 the pin names these explicitly (the arithmetic of every stage must still reproduce it)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import pytest
 import torch
@@ -70,6 +70,7 @@ def test_every_field_documents_itself():
         ({"batch_size": 2.0}, "batch_size"),
         ({"batch_size": True}, "batch_size"),
         ({"grad_accum": 0}, "grad_accum"),
+        ({"memory_chunk": 0}, "memory_chunk"),
         ({"steps": -1}, "steps"),
         ({"steps": 3.5}, "steps"),
         ({"seed": -2}, "seed"),
@@ -138,6 +139,21 @@ def test_resume_is_bit_identical(pair, data, tmp_path):
         )
 
 
+@pytest.mark.parametrize("objective", ["kl", "lm"])
+def test_memory_chunks_change_memory_not_the_optimisation(pair, data, objective):
+    """Passes of 2 examples, token-weighted, give the whole batch's gradient and trajectory."""
+    base = TrainConfig(objective=objective, steps=3, batch_size=5, lr=3e-2, seed=2)
+    whole, split = _comp(pair), _comp(pair)
+    hist_whole = train(pair, whole, data, [], base)
+    hist_split = train(pair, split, data, [], replace(base, memory_chunk=2))
+    assert torch.allclose(split.bias, whole.bias, atol=1e-6, rtol=0)
+    assert torch.allclose(split.beta, whole.beta, atol=1e-6, rtol=0)
+    assert [r["loss"] for r in hist_split] == pytest.approx(
+        [r["loss"] for r in hist_whole], abs=1e-6
+    )
+    assert not torch.equal(whole.bias, _comp(pair).bias)  # it trained
+
+
 # ---- reporting a non-finite loss as what it is ---------------------------------------------------
 def test_nan_parameters_are_named_not_blamed_on_the_learning_rate(pair, data):
     comp = _comp(pair)
@@ -203,3 +219,22 @@ def test_one_process_collectives_are_the_identity():
     p.grad = torch.full((2,), 3.0)
     distributed.all_reduce_grads([p])
     assert torch.equal(p.grad, torch.full((2,), 3.0))
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 2, 5])
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_passes_cover_the_batch_once_with_weights_summing_to_one(data, chunk, world):
+    """Every example is in exactly one pass of one rank; the token shares add up to the batch."""
+    from lcc_lens.distributed import DistContext
+    from lcc_lens.training import _passes
+
+    batch = list(data[:7])
+    cfg = TrainConfig(memory_chunk=chunk)
+    seen, share = [], 0.0
+    for rank in range(world):
+        for chunk_, weight in _passes(batch, cfg, DistContext(rank=rank, world_size=world)):
+            seen += [id(e) for e in chunk_]
+            share += 1.0 if weight is None else weight
+            assert chunk is None or len(chunk_) <= chunk
+    assert sorted(seen) == sorted(id(e) for e in batch)
+    assert share == pytest.approx(1.0)
