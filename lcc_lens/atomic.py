@@ -157,7 +157,7 @@ def atomic_dir(
     check_replaceable(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
-        tmp.chmod(0o755)
+        tmp.chmod(default_mode(directory=True))
         yield tmp
         mark_owned(tmp, kind)
         check_replaceable(final)  # it may have changed while we were writing
@@ -173,6 +173,22 @@ def atomic_dir(
         raise
 
 
+def _umask() -> int:
+    """The process umask (read without changing it where Linux allows)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(*, directory: bool) -> int:
+    """The mode a plain ``open``/``mkdir`` would give: temporary files are created private (0600)."""
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_file(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; ``os.replace`` it into place on success."""
@@ -181,6 +197,7 @@ def atomic_file(final: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(name)
     try:
+        tmp.chmod(default_mode(directory=False))
         yield tmp
         os.replace(tmp, final)
     except BaseException:
