@@ -86,7 +86,7 @@ def test_mlp_only_compensation_preserves_down_proj_mean(tok, texts):
     assert torch.allclose(_outputs_of(model, tokens, name).mean(0), ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("layout", ["llama", "qwen3"])
+@pytest.mark.parametrize("layout", ["llama", "qwen3", "gemma3"])
 def test_mask_mode_checkpoint_reloads_in_transformers_and_bridge(tmp_path, tok, texts, layout):
     from transformers import AutoModelForCausalLM
 
