@@ -717,7 +717,18 @@ def _start_prune(env: Env, out: Path, log: Path) -> subprocess.Popen:
         "1",
     ]
     with log.open("w") as fh:
-        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=fh, cwd=env.tmp)
+        return subprocess.Popen(
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=fh,
+            cwd=env.tmp,
+            preexec_fn=_default_sigint,  # a background job (nohup, CI runners) inherits SIGINT ignored
+        )
+
+
+def _default_sigint() -> None:
+    """Give the child Python's own Ctrl-C handling even when this test runs with SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_until_pruning(proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
