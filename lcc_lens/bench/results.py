@@ -194,16 +194,19 @@ def _check_ours(path: Path) -> None:
 def write_outputs(payload: dict[str, Any], out: Path) -> list[Path]:
     """Write ``<setting>.json``, ``<setting>.md`` and the figure (HTML, PNG when possible)."""
     from lcc_lens.bench.figure import gap_figure
+    from lcc_lens.bench.summary import check_summary_ours, write_summary
 
     stem = out / payload["setting"]
     targets = [stem.with_suffix(s) for s in (".json", ".md", ".html", ".png")]
     for path in targets:
         _check_ours(path)
+    check_summary_ours(out)
     payload = {"format": FORMAT, **payload}
     write_json(targets[0], payload)
     write_text(targets[1], markdown_table(payload))
     from lcc_lens.plots.io import png_available, save_figure
 
     written = save_figure(gap_figure(payload), stem, png=png_available())
+    summary = write_summary(out)
     logger.info("benchmark %s written to %s", payload["setting"], out)
-    return [targets[0], targets[1], *written]
+    return [targets[0], targets[1], *written, *([summary] if summary else [])]

@@ -9,6 +9,7 @@ stages before.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,8 @@ from lcc_lens.atomic import (
     write_json,
     write_text,
 )
+from lcc_lens.checkpoint import LEGACY_CHECKPOINT
+from lcc_lens.compensation import COMPENSATION_FILE
 from lcc_lens.errors import ConfigError, OwnershipError
 from lcc_lens.training import CHECKPOINT, has_checkpoint
 
@@ -32,6 +35,23 @@ RUN_KIND = "fit-run"
 COMPLETE_FILE = "complete.json"
 CONFIG_FILE = "config.yaml"
 _KEPT_ON_RESUME = {OWNER_FILE, CHECKPOINT, CONFIG_FILE}
+RUN_OUTPUTS = frozenset(
+    {
+        OWNER_FILE,
+        CONFIG_FILE,
+        CHECKPOINT,
+        LEGACY_CHECKPOINT,
+        COMPENSATION_FILE,
+        "model",
+        "heads.json",
+        "metrics.json",
+        "plots",
+        COMPLETE_FILE,
+    }
+)
+"""Every name a fit writes into its run directory: the only names clearing a run ever removes."""
+
+logger = logging.getLogger(__name__)
 
 
 def check_run_dir(run: Path, *, resume: bool, overwrite: bool) -> None:
@@ -80,24 +100,46 @@ def open_run_dir(run: Path, *, resume: bool) -> None:
 
 
 def discard(run: Path, *, existed: bool) -> None:
-    """Remove what this call wrote into ``run`` (the whole directory when this call created it)."""
+    """Remove what this call wrote into ``run`` (and ``run`` itself when this call created it)."""
     if not is_owned(run):
         return
-    if existed:
-        clear(run, keep=set())
-    else:
-        shutil.rmtree(run, ignore_errors=True)
+    clear(run, keep=set())
+    if not existed:
+        try:
+            run.rmdir()
+        except OSError:  # something not written by lcc_lens appeared there meanwhile: keep it
+            logger.warning("kept %s: it holds files lcc_lens did not write", run)
+
+
+def _written_by_fit(name: str) -> bool:
+    """A run output, or an atomic writer's leftover temporary of one (``.<name>.<random>.tmp``)."""
+    if name in RUN_OUTPUTS:
+        return True
+    if name.startswith(".") and name.endswith(".tmp"):
+        return name[1:].rsplit(".", 2)[0] in RUN_OUTPUTS
+    return False
 
 
 def clear(run: Path, *, keep: set[str]) -> None:
-    """Remove everything lcc_lens wrote into ``run`` except the names in ``keep``."""
+    """Remove what a fit writes into ``run`` except the names in ``keep``; never anything else."""
+    foreign = []
     for child in run.iterdir():
         if child.name in keep:
+            continue
+        if not _written_by_fit(child.name):
+            foreign.append(child.name)
             continue
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
         else:
             child.unlink()
+    if foreign:
+        logger.warning(
+            "left %s in %s untouched: lcc_lens did not write %s",
+            ", ".join(sorted(foreign)),
+            run,
+            "it" if len(foreign) == 1 else "them",
+        )
 
 
 def is_complete(run: Path) -> bool:

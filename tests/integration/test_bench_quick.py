@@ -12,6 +12,7 @@ import pytest
 from lcc_lens.bench import BenchConfig, run_bench
 from lcc_lens.bench.config import QUICK_SETTING
 from lcc_lens.bench.results import GAP_KEYS, markdown_table
+from lcc_lens.bench.summary import SUMMARY_NAME, load_payloads, summary_markdown
 from lcc_lens.fit import FitConfig
 from lcc_lens.methods import METHOD_NAMES
 
@@ -23,6 +24,11 @@ def quick(tmp_path_factory):
     t0 = time.perf_counter()
     payloads = run_bench(cfg)
     return cfg, payloads[0], time.perf_counter() - t0
+
+
+def _gap(payload, method):
+    g = {r["method"]: r for r in payload["rows"]}[method]["ood_nll_gap_closed"]
+    return f"{g['mean']:.1%} ± {g['sd']:.1%} (n=2)"
 
 
 def test_quick_runs_every_method_with_the_required_fields(quick):
@@ -70,6 +76,9 @@ def test_outputs_are_generated_from_the_json(quick):
     assert stem.with_suffix(".md").read_text() == markdown_table(stored)
     assert "plotly" in stem.with_suffix(".html").read_text()
     assert stored["rows"] == json.loads(json.dumps(payload["rows"]))
+    summary = (Path(cfg.out) / SUMMARY_NAME).read_text()
+    assert summary == summary_markdown(load_payloads(Path(cfg.out)))
+    assert f"| `lcc` | {_gap(stored, 'lcc')}" in summary
 
 
 def test_resume_uses_the_cache_and_same_seed_is_deterministic(quick, monkeypatch, tmp_path):
@@ -108,6 +117,21 @@ def test_a_foreign_output_file_is_never_replaced(quick, tmp_path):
     with pytest.raises(OwnershipError):
         run_bench(replace(cfg, out=str(out)))
     assert foreign.read_text() == '{"my": "notes"}'
+
+
+def test_a_foreign_summary_is_never_replaced_and_nothing_is_written(quick, tmp_path):
+    from dataclasses import replace
+
+    from lcc_lens.errors import OwnershipError
+
+    cfg, _, _ = quick
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / SUMMARY_NAME).write_text("my summary")
+    with pytest.raises(OwnershipError, match="summary.md"):
+        run_bench(replace(cfg, out=str(out)))
+    assert (out / SUMMARY_NAME).read_text() == "my summary"
+    assert sorted(p.name for p in out.iterdir()) == [SUMMARY_NAME]
 
 
 @pytest.fixture

@@ -138,9 +138,11 @@ def test_overwrite_replaces_only_a_run_of_lcc_lens(base, tmp_path):
     config = cfg(base, select={"n_heads": 1}, train={"steps": 1})
     run = tmp_path / "run"
     fit(config, run)
-    (run / "stale.txt").write_text("from an earlier run")
+    (run / "plots" / "stale.html").write_text("from an earlier run")
+    (run / "notes.txt").write_text("the user's, dropped into the run")
     fit(config, run, overwrite=True)
-    assert not (run / "stale.txt").exists()  # an earlier run's files never mix with the new one
+    assert not (run / "plots" / "stale.html").exists()  # an earlier run's outputs never mix in
+    assert (run / "notes.txt").read_text() == "the user's, dropped into the run"  # never deleted
     assert (run / COMPLETE_FILE).is_file() and (run / OWNER_FILE).is_file()
     mine = tmp_path / "mine"
     mine.mkdir()

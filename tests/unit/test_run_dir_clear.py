@@ -1,0 +1,49 @@
+"""Clearing a fit's run directory removes the fit's own outputs and nothing a user put there."""
+
+from __future__ import annotations
+
+from lcc_lens.atomic import OWNER_FILE, mark_owned
+from lcc_lens.fit.run_dir import RUN_OUTPUTS, clear, discard, open_run_dir
+
+
+def _fill(run):
+    run.mkdir(exist_ok=True)
+    mark_owned(run, "fit-run")
+    for name in ("heads.json", "metrics.json", "config.yaml", ".metrics.json.k3j2_x.tmp"):
+        (run / name).write_text("x")
+    (run / "plots").mkdir()
+    (run / "plots" / "a.html").write_text("x")
+    (run / "notes.txt").write_text("mine")
+    (run / "data").mkdir()
+    (run / "data" / "keep.csv").write_text("mine")
+
+
+def test_clear_removes_only_fit_outputs(tmp_path, caplog):
+    run = tmp_path / "run"
+    _fill(run)
+    with caplog.at_level("WARNING"):
+        clear(run, keep={OWNER_FILE, "config.yaml"})
+    assert sorted(p.name for p in run.iterdir()) == [OWNER_FILE, "config.yaml", "data", "notes.txt"]
+    assert (run / "data" / "keep.csv").read_text() == "mine"
+    assert "data, notes.txt" in caplog.text
+
+
+def test_discard_of_a_created_run_keeps_it_when_a_user_file_appeared(tmp_path):
+    run = tmp_path / "run"
+    _fill(run)
+    discard(run, existed=False)
+    assert sorted(p.name for p in run.iterdir()) == ["data", "notes.txt"]
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    open_run_dir(clean, resume=False)
+    (clean / "heads.json").write_text("x")
+    discard(clean, existed=False)
+    assert not clean.exists()
+
+
+def test_every_name_the_fit_writes_is_listed():
+    from lcc_lens.checkpoint import CHECKPOINT
+    from lcc_lens.compensation import COMPENSATION_FILE
+    from lcc_lens.fit.run_dir import COMPLETE_FILE, CONFIG_FILE
+
+    assert {CHECKPOINT, COMPENSATION_FILE, COMPLETE_FILE, CONFIG_FILE, "model"} <= RUN_OUTPUTS
