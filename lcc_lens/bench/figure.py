@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,23 @@ PANELS = (
 REFERENCES = {"dense": 1.0, "pruned": 0.0}
 """Drawn as horizontal lines: their gap closed is 1 and 0 by definition."""
 SPREAD = 1.25
-"""Factor between the x positions of methods with the same parameter count (log axis; hover is exact)."""
+"""Least factor between the x positions of two methods (log axis; hover gives the exact count)."""
+
+
+def _side_by_side(counts: list[int]) -> list[float]:
+    """x positions: each count, or the nearest SPREAD step right or left of it that no earlier point crowds."""
+    placed: list[float] = []
+    for n in counts:
+        base = float(max(1, n))
+        steps = (k for i in range(len(counts) + 1) for k in ((i, -i) if i else (0,)))
+        x = next(
+            base * SPREAD**k
+            for k in steps
+            if base * SPREAD**k >= 1.0
+            and all(abs(math.log(base * SPREAD**k / p)) >= 0.99 * math.log(SPREAD) for p in placed)
+        )
+        placed.append(x)
+    return placed
 
 
 def _symbol(method: str) -> str:
@@ -32,8 +49,8 @@ def _symbol(method: str) -> str:
 def gap_figure(payload: Mapping[str, Any]) -> go.Figure:
     """Two panels (out of domain first, then in domain); one colour per method in both, x on a log scale.
 
-    Training-free methods have no trainable parameter: they sit at x = 1. Methods with equal counts are drawn side by side. The dense and pruned models are
-    the dashed lines at 1 and 0.
+    Training-free methods have no trainable parameter: they sit at x = 1. Methods with equal or near counts are drawn side by side. The dense and pruned
+    models are the dashed lines at 1 and 0.
     """
     import plotly.colors
     import plotly.graph_objects as go
@@ -42,11 +59,8 @@ def gap_figure(payload: Mapping[str, Any]) -> go.Figure:
     palette = plotly.colors.qualitative.Dark24
     fig = make_subplots(rows=1, cols=2, subplot_titles=[t for _, t in PANELS], shared_yaxes=True)
     methods = [r for r in payload["rows"] if r["method"] not in REFERENCES]
-    seen: dict[int, int] = {}
-    for i, row in enumerate(methods):
-        n = max(1, int(row["trainable_params"]))
-        x = n * SPREAD ** seen.get(n, 0)  # side by side where methods share a parameter count
-        seen[n] = seen.get(n, 0) + 1
+    xs = _side_by_side([int(r["trainable_params"]) for r in methods])
+    for i, (row, x) in enumerate(zip(methods, xs, strict=True)):
         for col, (key, _title) in enumerate(PANELS, start=1):
             cell = row[key]
             if cell.get("mean") is None:
