@@ -1,0 +1,31 @@
+"""The committed benchmark tables are exactly what the code generates from the committed JSON beside them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lcc_lens.bench.results import FORMAT, markdown_table
+from lcc_lens.bench.summary import SUMMARY_NAME, load_payloads, summary_markdown
+
+BENCH = Path(__file__).resolve().parents[2] / "analysis" / "results" / "bench"
+PAYLOADS = sorted(BENCH.glob("*.json"))
+
+
+@pytest.mark.parametrize("path", PAYLOADS, ids=[p.stem for p in PAYLOADS])
+def test_setting_table_is_generated_from_its_json(path):
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    assert payload["format"] == FORMAT
+    assert path.with_suffix(".md").read_text(encoding="utf-8") == markdown_table(payload)
+    for row in payload["rows"]:
+        if row["kind"] != "reference":
+            assert len(row["ood_nll_gap_closed"]["seeds"]) >= 3  # a committed result has 3+ seeds
+
+
+def test_summary_is_generated_from_the_jsons():
+    if not PAYLOADS:
+        pytest.skip("no committed benchmark")
+    text = (BENCH / SUMMARY_NAME).read_text(encoding="utf-8")
+    assert text == summary_markdown(load_payloads(BENCH))
