@@ -106,7 +106,7 @@ def _mean(value: Any) -> float | None:
     return value.get("mean") if isinstance(value, Mapping) else value
 
 
-def _cell(value: Any, fmt: str = "{:.1%}") -> str:
+def cell(value: Any, fmt: str = "{:.1%}") -> str:
     if isinstance(value, Mapping):
         mean, sd = value.get("mean"), value.get("sd")
         if mean is None:
@@ -160,18 +160,18 @@ def markdown_table(payload: Mapping[str, Any]) -> str:
         cells = [
             f"`{row['method']}`",
             f"{row['trainable_params']:,}",
-            *(_cell(row[k]) for k in GAP_KEYS),
-            _cell(row["sparsity_kept"], "{:.3f}"),
-            _cell(row["merged_forward_ratio"], "{:.2f}"),
-            _cell(_mean(row["fit_seconds"]), "{:.0f}"),
-            _cell(_mean(row["peak_memory_mb"]), "{:.0f}"),
+            *(cell(row[k]) for k in GAP_KEYS),
+            cell(row["sparsity_kept"], "{:.3f}"),
+            cell(row["merged_forward_ratio"], "{:.2f}"),
+            cell(_mean(row["fit_seconds"]), "{:.0f}"),
+            cell(_mean(row["peak_memory_mb"]), "{:.0f}"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _check_ours(path: Path) -> None:
-    """Refuse to replace a file the benchmark did not write."""
+def check_ours(path: Path, md_marker: str = MD_MARKER) -> None:
+    """Refuse to replace a file the benchmark did not write (a markdown file starts with ``md_marker``)."""
     if not path.exists():
         return
     text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
@@ -181,7 +181,7 @@ def _check_ours(path: Path) -> None:
         except (ValueError, AttributeError):
             ours = False
     elif path.suffix == ".md":
-        ours = text.startswith(MD_MARKER)
+        ours = text.startswith(md_marker)
     else:
         ours = path.is_file() and path.with_suffix(".json").is_file()
     if not ours:
@@ -199,7 +199,7 @@ def write_outputs(payload: dict[str, Any], out: Path) -> list[Path]:
     stem = out / payload["setting"]
     targets = [stem.with_suffix(s) for s in (".json", ".md", ".html", ".png")]
     for path in targets:
-        _check_ours(path)
+        check_ours(path)
     check_summary_ours(out)
     payload = {"format": FORMAT, **payload}
     write_json(targets[0], payload)

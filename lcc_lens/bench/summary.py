@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lcc_lens.atomic import write_text
-from lcc_lens.errors import OwnershipError
+from lcc_lens.bench.results import FORMAT, cell, check_ours
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,6 @@ ANCHOR = "lcc"
 def load_payloads(out: Path) -> list[dict[str, Any]]:
     """Every benchmark payload in ``out`` (files with the benchmark's format tag), in the settings' order."""
     from lcc_lens.bench.config import SETTINGS
-    from lcc_lens.bench.results import FORMAT
 
     found = []
     for path in sorted(out.glob("*.json")):
@@ -52,16 +51,12 @@ def load_payloads(out: Path) -> list[dict[str, Any]]:
 
 
 def _cell(value: Mapping[str, Any] | float | None, fmt: str = "{:.1%}") -> str:
-    if isinstance(value, int | float):
-        return fmt.format(value)
-    if not value or value.get("mean") is None:
-        return "-"
-    sd = value.get("sd")
+    """The setting table's cell, marked with the seed count where fewer than 3 seeds finished."""
+    text = cell(value, fmt)
+    if not isinstance(value, Mapping) or value.get("by_definition") or text == "-":
+        return text
     n = sum(v is not None for v in value.get("seeds", []))
-    if value.get("by_definition"):
-        return fmt.format(value["mean"])
-    tail = "" if sd is None else " ± " + fmt.format(sd)
-    return fmt.format(value["mean"]) + tail + ("" if n >= 3 else f" (n={n})")
+    return text + ("" if n >= 3 else f" (n={n})")
 
 
 def paired_difference(
@@ -196,14 +191,7 @@ def summary_markdown(payloads: Sequence[Mapping[str, Any]]) -> str:
 
 def check_summary_ours(out: Path) -> None:
     """Refuse, before anything is written, when ``summary.md`` exists and is not the benchmark's."""
-    target = out / SUMMARY_NAME
-    if target.exists() and not (
-        target.is_file() and target.read_text(encoding="utf-8", errors="replace").startswith(MARKER)
-    ):
-        raise OwnershipError(
-            f"{target} exists and was not written by lcc_lens.bench; it is never replaced. "
-            "Move it away or choose another --out."
-        )
+    check_ours(out / SUMMARY_NAME, md_marker=MARKER)
 
 
 def write_summary(out: Path) -> Path | None:
