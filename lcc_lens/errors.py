@@ -31,6 +31,14 @@ class CheckpointError(LccError):
     """A training checkpoint is missing, malformed, from an older format or not lcc_lens's own."""
 
 
+class MethodNotApplicable(LccError):
+    """A restoration method cannot run on this model at all (found before any training)."""
+
+
+class DivergedError(LccError):
+    """Training produced NaN or inf: the optimisation (or an adapter) diverged."""
+
+
 class OwnershipError(LccError):
     """An output path holds something lcc_lens did not write: it is never replaced or deleted."""
 

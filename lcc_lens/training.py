@@ -43,7 +43,7 @@ from lcc_lens.checkpoint import (
 )
 from lcc_lens.compensation import Compensation, check_finite
 from lcc_lens.data import Encoded, collate
-from lcc_lens.errors import ConfigError, DataError, LccError
+from lcc_lens.errors import ConfigError, DataError, DivergedError, LccError
 from lcc_lens.models import ModelPair
 from lcc_lens.objectives import OBJECTIVES, Objective, needs_teacher, objective_loss
 
@@ -366,7 +366,7 @@ def _nonfinite_loss(loss: float, step: int, cfg: TrainConfig, method: Trainable)
     """Say why the loss is not finite: non-finite parameters, or a diverged optimisation."""
     bad = [n for n, p in _named(method) if not torch.isfinite(p.detach()).all()]
     if bad:
-        return LccError(
+        return DivergedError(
             f"loss became {loss} at step {step}: parameters {bad[:3]} hold NaN or inf "
             f"(initialisation or a diverged update). Lower --lr (now {cfg.lr}) or check the init."
         )
@@ -375,7 +375,7 @@ def _nonfinite_loss(loss: float, step: int, cfg: TrainConfig, method: Trainable)
             f"loss is {loss} at the first step, before any update: the models produce non-finite "
             "logits on the training data (check --dtype; float16 overflows easily)."
         )
-    return LccError(
+    return DivergedError(
         f"loss became {loss} at step {step}: the optimisation diverged. Lower --lr (now {cfg.lr}) "
         f"or --max-grad-norm (now {cfg.max_grad_norm})."
     )

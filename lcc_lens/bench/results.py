@@ -58,12 +58,49 @@ def _reference_row(label: str, ref: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _method_row(name: str, runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    runs = sorted(runs, key=lambda r: r["seed"])
+def _failures(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [{"seed": r["seed"], **r["failed"]} for r in runs if "failed" in r]
+
+
+def _failed_row(name: str, runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A method that ran for no seed: its reasons, and null figures (never zeros)."""
+    nothing = summary([])
+    return {
+        "method": name,
+        "kind": "failed",
+        "seeds": [],
+        "trainable_params": runs[0]["trainable_params"],
+        **{k: nothing for k in GAP_KEYS},
+        "sparsity_kept": nothing,
+        "merged_forward_ratio": nothing,
+        "fit_seconds": summary([r["fit_seconds"] for r in runs]),
+        "peak_memory_mb": nothing,
+        "failures": _failures(runs),
+        "config": runs[0]["describe"],
+    }
+
+
+def failure_note(row: Mapping[str, Any]) -> str | None:
+    """One line on the seeds of ``row`` that failed, with the (first) reason; None when none did."""
+    failures = row.get("failures") or []
+    if not failures:
+        return None
+    seeds = ", ".join(str(f["seed"]) for f in failures)
+    kinds = sorted({f["kind"].replace("_", " ") for f in failures})
+    return f"`{row['method']}`, seeds {seeds}: {' / '.join(kinds)}. {failures[0]['reason']}"
+
+
+def _method_row(name: str, all_runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    all_runs = sorted(all_runs, key=lambda r: r["seed"])
+    runs = [r for r in all_runs if "failed" not in r]
+    if not runs:
+        return _failed_row(name, all_runs)
     domains = runs[0]["scores"]["domains"]
+    failures = _failures(all_runs)
     return {
         "method": name,
         "kind": "training-free" if name in TRAINING_FREE else "trained",
+        **({"failures": failures} if failures else {}),
         "seeds": [r["seed"] for r in runs],
         "trainable_params": runs[0]["trainable_params"],
         **{k: summary([r["gaps"][k] for r in runs]) for k in GAP_KEYS},
@@ -157,9 +194,10 @@ def markdown_table(payload: Mapping[str, Any]) -> str:
         "|" + "---|" * len(head),
     ]
     for row in payload["rows"]:
+        failed = row.get("kind") == "failed"
         cells = [
-            f"`{row['method']}`",
-            f"{row['trainable_params']:,}",
+            f"`{row['method']}`" + (" (failed, below)" if failed else ""),
+            cell(row["trainable_params"], "{:,}"),
             *(cell(row[k]) for k in GAP_KEYS),
             cell(row["sparsity_kept"], "{:.3f}"),
             cell(row["merged_forward_ratio"], "{:.2f}"),
@@ -167,6 +205,10 @@ def markdown_table(payload: Mapping[str, Any]) -> str:
             cell(_mean(row["peak_memory_mb"]), "{:.0f}"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    notes = [n for n in map(failure_note, payload["rows"]) if n]
+    if notes:
+        lines += ["", "Failed runs (no figures, never counted as zero):", ""]
+        lines += [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 

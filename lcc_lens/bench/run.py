@@ -33,6 +33,7 @@ from lcc_lens.bench.measure import PeakMemory, forward_ratio, sparsity_kept
 from lcc_lens.bench.results import aggregate_rows, write_outputs
 from lcc_lens.bench.scoring import TASKS, ScoringPlan, gaps, sampled_windows, score_model
 from lcc_lens.data import DataConfig, fit_data
+from lcc_lens.errors import DivergedError, MethodNotApplicable
 from lcc_lens.evaluation.protocol import ProtocolConfig
 from lcc_lens.fit.stages import EncodedData, choose_data
 from lcc_lens.methods import MethodContext, make_method
@@ -113,14 +114,19 @@ def run_method(
     history: list[dict[str, Any]] = []
     mem = PeakMemory(device=str(ctx.device))
     t0 = time.perf_counter()
-    with mem.measure():
-        torch.manual_seed(ctx.seed)
-        method.prepare(ctx)
-        if method.trains:
-            history = train(ctx.pair, method, ctx.train_encoded, [], tcfg)
-    fit_seconds = time.perf_counter() - t0
-    pruned = ctx.pruned_model()
-    merged = method.export(pruned)
+    fit_seconds = 0.0
+    try:
+        with mem.measure():
+            torch.manual_seed(ctx.seed)
+            method.prepare(ctx)
+            if method.trains:
+                history = train(ctx.pair, method, ctx.train_encoded, [], tcfg)
+        fit_seconds = time.perf_counter() - t0
+        pruned = ctx.pruned_model()
+        merged = method.export(pruned)
+    except (MethodNotApplicable, DivergedError) as exc:
+        logger.warning("%s seed %d failed: %s", name, ctx.seed, exc)
+        return failed_result(name, ctx.seed, method, exc, fit_seconds or time.perf_counter() - t0)
     result = {
         "method": name,
         "seed": ctx.seed,
@@ -138,6 +144,23 @@ def run_method(
     }
     del merged, method
     return result
+
+
+def failed_result(
+    name: str, seed: int, method: Any, exc: Exception, seconds: float
+) -> dict[str, Any]:
+    """The record of a (method, seed) that could not run (refused up front) or diverged: no scores."""
+    return {
+        "method": name,
+        "seed": seed,
+        "failed": {
+            "kind": "not_applicable" if isinstance(exc, MethodNotApplicable) else "diverged",
+            "reason": str(exc),
+        },
+        "trainable_params": method.n_trainable,
+        "fit_seconds": seconds,
+        "describe": method.describe(),
+    }
 
 
 def data_config(cfg: BenchConfig) -> DataConfig:
@@ -251,8 +274,10 @@ def run_setting(cfg: BenchConfig, setting: str, work: Path, command: str = "") -
             )
             got = run_method(name, ctx, cfg, plan, ids)
             cache.put(name, seed, got)
-            logger.info("%s seed %d done in %.1f s", name, seed, got["fit_seconds"])
-        got["gaps"] = gaps(refs["dense"]["scores"], refs["pruned"]["scores"], got["scores"])
+            if "failed" not in got:
+                logger.info("%s seed %d done in %.1f s", name, seed, got["fit_seconds"])
+        if "failed" not in got:
+            got["gaps"] = gaps(refs["dense"]["scores"], refs["pruned"]["scores"], got["scores"])
         results.append(got)
     rows = aggregate_rows(refs, results, cfg.methods)
     payload = {

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lcc_lens.atomic import write_text
-from lcc_lens.bench.results import FORMAT, cell, check_ours
+from lcc_lens.bench.results import FORMAT, cell, check_ours, failure_note
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,12 @@ def _cell(value: Mapping[str, Any] | float | None, fmt: str = "{:.1%}") -> str:
     return text + ("" if n >= 3 else f" (n={n})")
 
 
+def _gap_cell(row: Mapping[str, Any] | None, key: str) -> str:
+    if row is not None and row.get("kind") == "failed":
+        return "failed"
+    return _cell((row or {}).get(key))
+
+
 def paired_difference(
     anchor: Mapping[str, Any], other: Mapping[str, Any], key: str
 ) -> dict[str, Any]:
@@ -97,7 +103,7 @@ def _gap_table(payloads: Sequence[Mapping[str, Any]], key: str, role: str) -> li
     settings = [f"{p['setting']} ({_domain(p, role)})" for p in payloads]
     lines = ["| method | " + " | ".join(settings) + " |", "|" + "---|" * (len(settings) + 1)]
     for method in _methods(payloads):
-        cells = [_cell((_row(p, method) or {}).get(key)) for p in payloads]
+        cells = [_gap_cell(_row(p, method), key) for p in payloads]
         lines.append(f"| `{method}` | " + " | ".join(cells) + " |")
     return lines
 
@@ -139,12 +145,24 @@ def _cost_table(payloads: Sequence[Mapping[str, Any]]) -> list[str]:
     ]
     for method in _methods(payloads):
         rows = [_row(p, method) for p in payloads]
-        params = sorted({r["trainable_params"] for r in rows if r is not None})
+        params = sorted(
+            {r["trainable_params"] for r in rows if r and r["trainable_params"] is not None}
+        )
         kept = [_cell(r["sparsity_kept"], "{:.3f}") if r else "-" for r in rows]
         lines.append(
             f"| `{method}` | {' / '.join(f'{n:,}' for n in params)} | " + " | ".join(kept) + " |"
         )
     return lines
+
+
+def _failure_lines(payloads: Sequence[Mapping[str, Any]]) -> list[str]:
+    notes = [
+        f"- {p['setting']}: {note}"
+        for p in payloads
+        for note in map(failure_note, p["rows"])
+        if note
+    ]
+    return ["", "## Failed runs", "", *notes] if notes else []
 
 
 def summary_markdown(payloads: Sequence[Mapping[str, Any]]) -> str:
@@ -185,6 +203,7 @@ def summary_markdown(payloads: Sequence[Mapping[str, Any]]) -> str:
         "Zeros kept: measured fraction of the pruned model's zero weights still zero in the merged export.",
         "",
         *_cost_table(payloads),
+        *_failure_lines(payloads),
     ]
     return "\n".join(lines) + "\n"
 

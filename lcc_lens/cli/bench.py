@@ -70,6 +70,8 @@ def run(args: BenchArgs) -> int:
         for r in best:
             g = r["ood_nll_gap_closed"]
             mean = "-" if g["mean"] is None else f"{g['mean']:.1%}"
+            if r["kind"] == "failed":
+                mean = "failed: " + r["failures"][0]["kind"].replace("_", " ")
             lines.append(f"  {r['method']:<18} OOD NLL gap closed {mean}")
         lines.append(f"  -> {p['config']['out']}/{p['setting']}.json")
         print("\n".join(lines))

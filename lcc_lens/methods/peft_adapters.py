@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
-from lcc_lens.errors import ConfigError, ExportError
+from lcc_lens.errors import ConfigError, DivergedError, ExportError, MethodNotApplicable
 from lcc_lens.methods.base import HFLogits, RestorationMethod, clean_copy
 
 if TYPE_CHECKING:
@@ -60,6 +60,32 @@ def matched_shape(
         return 1, spaced_layers(n_layers, k)
     rank = max(1, round((target / n_layers - extra) / (d_in + d_out)))
     return rank, list(range(n_layers))
+
+
+def zero_row_modules(peft_model: torch.nn.Module) -> dict[str, int]:
+    """DoRA-adapted modules whose frozen weight has all-zero output rows: module name -> row count."""
+    found = {}
+    for name, module in peft_model.named_modules():
+        if not getattr(module, "lora_magnitude_vector", None):  # not a DoRA layer
+            continue
+        n = int((module.get_base_layer().weight == 0).all(dim=1).sum())
+        if n:
+            found[name.removeprefix("base_model.model.")] = n
+    return found
+
+
+def refuse_zero_rows(peft_model: torch.nn.Module, method: str) -> None:
+    """DoRA divides each output row by its weight norm; an all-zero row (a removed head) gives 0/0."""
+    found = zero_row_modules(peft_model)
+    if found:
+        first = ", ".join(f"{n} ({k} rows)" for n, k in list(found.items())[:2])
+        raise MethodNotApplicable(
+            f"{method}: {len(found)} adapted projections have all-zero output rows, e.g. {first}. "
+            "DoRA rescales every row by magnitude / row norm, which is 0/0 (NaN) on such rows; "
+            "structured pruning (FLAP) zeroes the q rows of every removed head (and the k/v rows "
+            "of a removed group). Use lora_r8, or dora_matched (o_proj only, whose rows stay "
+            "non-zero)."
+        )
 
 
 class PeftAdapter(RestorationMethod):
@@ -109,6 +135,8 @@ class PeftAdapter(RestorationMethod):
         self.peft_config = self._config(ctx, base)
         torch.manual_seed(ctx.seed)  # LoRA's A is random; B (and DoRA's update) start at zero
         self.peft_model = get_peft_model(base, self.peft_config)
+        if self.use_dora:
+            refuse_zero_rows(self.peft_model, self.name)
         self._prepared = True
 
     @contextlib.contextmanager
@@ -133,7 +161,7 @@ class PeftAdapter(RestorationMethod):
         try:
             merged = fresh.merge_and_unload(safe_merge=True)
         except ValueError as exc:  # peft's safe merge refuses NaN
-            raise ExportError(f"the {self.name} adapter diverged (NaN): {exc}") from exc
+            raise DivergedError(f"the {self.name} adapter diverged (NaN): {exc}") from exc
         return merged.eval()
 
     def describe(self) -> dict[str, Any]:

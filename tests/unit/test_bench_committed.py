@@ -20,7 +20,9 @@ def test_setting_table_is_generated_from_its_json(path):
     assert payload["format"] == FORMAT
     assert path.with_suffix(".md").read_text(encoding="utf-8") == markdown_table(payload)
     for row in payload["rows"]:
-        if row["kind"] != "reference":
+        if row["kind"] == "failed":  # a committed failure was tried, and failed, on 3+ seeds
+            assert len(row["failures"]) >= 3 and all(f["reason"] for f in row["failures"])
+        elif row["kind"] != "reference":
             assert len(row["ood_nll_gap_closed"]["seeds"]) >= 3  # a committed result has 3+ seeds
 
 
