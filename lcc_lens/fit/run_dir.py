@@ -50,6 +50,9 @@ RUN_OUTPUTS = frozenset(
     }
 )
 """Every name a fit writes into its run directory: the only names clearing a run ever removes."""
+PLOT_STEMS = ("training_curves", "perplexity", "restoration")
+PLOT_OUTPUTS = frozenset(f"{stem}.{ext}" for stem in PLOT_STEMS for ext in ("html", "png"))
+"""The files a fit writes into ``plots/``: clearing removes these there, never the folder whole."""
 
 logger = logging.getLogger(__name__)
 
@@ -111,13 +114,44 @@ def discard(run: Path, *, existed: bool) -> None:
             logger.warning("kept %s: it holds files lcc_lens did not write", run)
 
 
-def _written_by_fit(name: str) -> bool:
-    """A run output, or an atomic writer's leftover temporary of one (``.<name>.<random>.tmp``)."""
-    if name in RUN_OUTPUTS:
+def _written_by_fit(name: str, outputs: frozenset[str] = RUN_OUTPUTS) -> bool:
+    """One of ``outputs``, or an atomic writer's leftover temporary of one (``.<name>.<random>.tmp``)."""
+    if name in outputs:
         return True
     if name.startswith(".") and name.endswith(".tmp"):
-        return name[1:].rsplit(".", 2)[0] in RUN_OUTPUTS
+        return name[1:].rsplit(".", 2)[0] in outputs
     return False
+
+
+def _remove(child: Path) -> list[str]:
+    """Remove one fit output; return what inside it was kept because lcc_lens did not write it.
+
+    ``plots/`` is cleared file by file; ``model/`` is the export's own folder (it carries lcc_lens's
+    marker, as every export does) and goes whole; a folder of that name without the marker is kept.
+    """
+    if child.is_symlink() or not child.is_dir():
+        child.unlink()
+        return []
+    if child.name == "plots":
+        kept = [f"plots/{n}" for n in _clear_names(child, PLOT_OUTPUTS)]
+        if not kept:
+            child.rmdir()
+        return kept
+    if child.name == "model" and not is_owned(child):
+        return [f"{child.name}/ (no lcc_lens marker)"]
+    shutil.rmtree(child)
+    return []
+
+
+def _clear_names(folder: Path, outputs: frozenset[str]) -> list[str]:
+    """Unlink the files of ``folder`` named in ``outputs``; return the other names, untouched."""
+    foreign = []
+    for item in folder.iterdir():
+        if _written_by_fit(item.name, outputs) and (item.is_file() or item.is_symlink()):
+            item.unlink()
+        else:
+            foreign.append(item.name)
+    return sorted(foreign)
 
 
 def clear(run: Path, *, keep: set[str]) -> None:
@@ -129,10 +163,7 @@ def clear(run: Path, *, keep: set[str]) -> None:
         if not _written_by_fit(child.name):
             foreign.append(child.name)
             continue
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+        foreign += _remove(child)
     if foreign:
         logger.warning(
             "left %s in %s untouched: lcc_lens did not write %s",
@@ -172,15 +203,16 @@ def write_plots(result: FitResult, folder: Path) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     m = result.metrics
+    curves, perplexity, restoration = PLOT_STEMS
     if result.history:  # nothing trained (zero heads or zero steps): no curve to draw
-        plots.save_figure(plots.training_curves(result.history), folder / "training_curves")
+        plots.save_figure(plots.training_curves(result.history), folder / curves)
     ppl = {k: m[f"ppl_{k}"] for k in ("dense", "pruned", "restored") if f"ppl_{k}" in m}
-    plots.save_figure(plots.comparison_bar(ppl, "held-out perplexity"), folder / "perplexity")
+    plots.save_figure(plots.comparison_bar(ppl, "held-out perplexity"), folder / perplexity)
     if result.restoration is not None:
         fig = plots.restoration_heatmap(
             result.restoration, result.pair.geometry, result.compensation.selected_heads()
         )
-        plots.save_figure(fig, folder / "restoration")
+        plots.save_figure(fig, folder / restoration)
 
 
 def mark_complete(run: Path, summary: dict[str, Any]) -> None:

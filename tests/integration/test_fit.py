@@ -16,7 +16,7 @@ from lcc_lens.compensation import Compensation
 from lcc_lens.data import encode, load_examples
 from lcc_lens.errors import ConfigError, IncompatibleModelsError, LccError, OwnershipError
 from lcc_lens.fit import FitConfig, FitDivergedError, fit
-from lcc_lens.fit.run_dir import COMPLETE_FILE
+from lcc_lens.fit.run_dir import COMPLETE_FILE, PLOT_OUTPUTS
 from lcc_lens.models import ModelPair
 from lcc_lens.tiny import save_tiny_checkpoint
 from lcc_lens.training import TrainConfig, has_checkpoint, train
@@ -138,10 +138,12 @@ def test_overwrite_replaces_only_a_run_of_lcc_lens(base, tmp_path):
     config = cfg(base, select={"n_heads": 1}, train={"steps": 1})
     run = tmp_path / "run"
     fit(config, run)
-    (run / "plots" / "stale.html").write_text("from an earlier run")
+    (run / "plots" / "restoration.png").write_text("from an earlier run")
+    (run / "plots" / "mine.html").write_text("the user's")
     (run / "notes.txt").write_text("the user's, dropped into the run")
     fit(config, run, overwrite=True)
-    assert not (run / "plots" / "stale.html").exists()  # an earlier run's outputs never mix in
+    assert not (run / "plots" / "restoration.png").exists()  # an earlier run's outputs never mix in
+    assert (run / "plots" / "mine.html").read_text() == "the user's"
     assert (run / "notes.txt").read_text() == "the user's, dropped into the run"  # never deleted
     assert (run / COMPLETE_FILE).is_file() and (run / OWNER_FILE).is_file()
     mine = tmp_path / "mine"
@@ -246,7 +248,8 @@ def test_cli_run_directory(base, tmp_path, capsys):
     assert metrics["summary"]["export_max_abs_logit_diff"] < 1e-4
     assert len(metrics["history"]) == 2
     assert metrics["data"]["n_train"] > 0
-    assert any(p.suffix == ".html" for p in (out / "plots").iterdir())
+    plots = {p.name for p in (out / "plots").iterdir()}
+    assert plots and plots <= PLOT_OUTPUTS  # what clearing a run removes there, and nothing else
     again = parse_args(["--config", str(out / "config.yaml")])
     assert again.config.train.steps == 2 and again.config.select.n_heads == 3
     assert main(argv) == 2  # the same --out again without --resume / --overwrite

@@ -12,7 +12,11 @@ def _fill(run):
     for name in ("heads.json", "metrics.json", "config.yaml", ".metrics.json.k3j2_x.tmp"):
         (run / name).write_text("x")
     (run / "plots").mkdir()
-    (run / "plots" / "a.html").write_text("x")
+    for name in ("perplexity.html", "restoration.png", ".training_curves.html.a1b2.tmp"):
+        (run / "plots" / name).write_text("x")
+    (run / "model").mkdir()
+    mark_owned(run / "model", "output")
+    (run / "model" / "config.json").write_text("x")
     (run / "notes.txt").write_text("mine")
     (run / "data").mkdir()
     (run / "data" / "keep.csv").write_text("mine")
@@ -26,6 +30,21 @@ def test_clear_removes_only_fit_outputs(tmp_path, caplog):
     assert sorted(p.name for p in run.iterdir()) == [OWNER_FILE, "config.yaml", "data", "notes.txt"]
     assert (run / "data" / "keep.csv").read_text() == "mine"
     assert "data, notes.txt" in caplog.text
+
+
+def test_clear_goes_into_plots_and_keeps_an_unmarked_model_folder(tmp_path, caplog):
+    run = tmp_path / "run"
+    _fill(run)
+    (run / "plots" / "my_figure.html").write_text("mine")
+    (run / "model").rename(tmp_path / "exported")
+    (run / "model").mkdir()
+    (run / "model" / "weights.bin").write_text("mine")
+    with caplog.at_level("WARNING"):
+        clear(run, keep=set())
+    assert [p.name for p in (run / "plots").iterdir()] == ["my_figure.html"]
+    assert (run / "model" / "weights.bin").read_text() == "mine"
+    assert "plots/my_figure.html" in caplog.text and "model/ (no lcc_lens marker)" in caplog.text
+    assert sorted(p.name for p in run.iterdir()) == ["data", "model", "notes.txt", "plots"]
 
 
 def test_discard_of_a_created_run_keeps_it_when_a_user_file_appeared(tmp_path):
