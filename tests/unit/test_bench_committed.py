@@ -11,10 +11,10 @@ from lcc_lens.bench.results import FORMAT, markdown_table
 from lcc_lens.bench.summary import SUMMARY_NAME, load_payloads, summary_markdown
 
 BENCH = Path(__file__).resolve().parents[2] / "analysis" / "results" / "bench"
-PAYLOADS = sorted(BENCH.glob("*.json"))
+PAYLOADS = [*sorted(BENCH.glob("*.json")), *sorted((BENCH.parent / "bench_lr").glob("*/*.json"))]
 
 
-@pytest.mark.parametrize("path", PAYLOADS, ids=[p.stem for p in PAYLOADS])
+@pytest.mark.parametrize("path", PAYLOADS, ids=[f"{p.parent.name}/{p.stem}" for p in PAYLOADS])
 def test_setting_table_is_generated_from_its_json(path):
     payload = json.loads(path.read_text(encoding="utf-8"))
     assert payload["format"] == FORMAT
