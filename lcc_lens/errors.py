@@ -36,7 +36,8 @@ class MethodNotApplicable(LccError):
 
 
 class DivergedError(LccError):
-    """Training produced NaN or inf: the optimisation (or an adapter) diverged."""
+    """Training diverged: NaN or inf in the loss or an adapter, or (the fit's guard,
+    ``lcc_lens.fit.evaluate.FitDivergedError``) a result worse than the pruned model."""
 
 
 class OwnershipError(LccError):

@@ -36,7 +36,7 @@ from lcc_lens.data import DataConfig, fit_data
 from lcc_lens.errors import DivergedError, MethodNotApplicable
 from lcc_lens.evaluation.protocol import ProtocolConfig
 from lcc_lens.fit.stages import EncodedData, choose_data
-from lcc_lens.methods import MethodContext, make_method
+from lcc_lens.methods import MethodContext, RestorationMethod, make_method
 from lcc_lens.models import ModelPair, describe, load_causal_lm, resolve_device
 from lcc_lens.training import TrainConfig, train
 
@@ -147,7 +147,7 @@ def run_method(
 
 
 def failed_result(
-    name: str, seed: int, method: Any, exc: Exception, seconds: float
+    name: str, seed: int, method: RestorationMethod, exc: Exception, seconds: float
 ) -> dict[str, Any]:
     """The record of a (method, seed) that could not run (refused up front) or diverged: no scores."""
     return {

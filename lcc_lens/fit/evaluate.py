@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from lcc_lens.compensation import Compensation
-from lcc_lens.errors import LccError
+from lcc_lens.errors import DivergedError
 from lcc_lens.evaluation.protocol import ProtocolResult, evaluate
 from lcc_lens.fit.config import FitConfig
 from lcc_lens.fit.stages import EncodedData, Trained
@@ -21,7 +21,7 @@ from lcc_lens.restoration import RestorationStats, restoration_stats
 logger = logging.getLogger(__name__)
 
 
-class FitDivergedError(LccError):
+class FitDivergedError(DivergedError):
     """The trained compensation makes the pruned model worse, or its export cannot hold it."""
 
 
