@@ -19,15 +19,13 @@ is generated from those JSON files.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from lcc_lens.atomic import write_text
-from lcc_lens.bench.results import FORMAT, cell, check_ours
-from lcc_lens.bench.summary import paired_difference
+from lcc_lens.bench.results import cell, check_ours, domains_of
+from lcc_lens.bench.summary import load_payloads, paired_difference
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "bench_lr"
@@ -70,19 +68,12 @@ def run(setting: str, scales: Mapping[str, Sequence[float]]) -> None:
             run_bench(cfg, command=command)
 
 
-def _payload(path: Path) -> dict[str, Any] | None:
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return payload if isinstance(payload, dict) and payload.get("format") == FORMAT else None
-
-
 def collect(setting: str, methods: Sequence[str]) -> dict[str, list[tuple[dict, dict]]]:
     """method -> [(row, payload)] over every rate found (the default run first), by rate."""
     found: dict[str, list[tuple[dict, dict]]] = {m: [] for m in methods}
-    paths = [DEFAULTS / f"{setting}.json", *sorted(OUT.glob(f"*/{setting}.json"))]
-    for payload in filter(None, map(_payload, paths)):
+    folders = [DEFAULTS, *sorted(p.parent for p in OUT.glob(f"*/{setting}.json"))]
+    payloads = [p for f in folders for p in load_payloads(f) if p["setting"] == setting]
+    for payload in payloads:
         for row in payload["rows"]:
             if row["method"] in found and row.get("kind") != "failed":
                 found[row["method"]].append((row, payload))
@@ -96,14 +87,10 @@ def chosen(rows: Sequence[tuple[dict, dict]]) -> dict:
     return max((r for r, _ in rows), key=lambda r: r[SELECT_ON]["mean"])
 
 
-def _domain(payload: Mapping[str, Any], role: str) -> str:
-    return ", ".join(d for d, r in payload["protocol"]["domains"].items() if r == role)
-
-
 def lr_markdown(found: Mapping[str, Sequence[tuple[dict, dict]]], setting: str) -> str:
     """The per-rate table, each method's choice on validation, and lcc minus lora_r8 at the choices."""
     payload = next(p for rows in found.values() for _, p in rows)
-    test, val = _domain(payload, "test"), _domain(payload, "validation")
+    test, val = domains_of(payload, "test"), domains_of(payload, "validation")
     lines = [
         MARKER,
         f"# Learning-rate sensitivity: {setting}",

@@ -154,12 +154,14 @@ def cell(value: Any, fmt: str = "{:.1%}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
+def domains_of(payload: Mapping[str, Any], role: str) -> str:
+    """The evaluation domains of ``payload`` that have ``role`` (test, validation, in_domain)."""
+    return ", ".join(d for d, r in payload["protocol"]["domains"].items() if r == role)
+
+
 def markdown_table(payload: Mapping[str, Any]) -> str:
     """The rows as a markdown table (out of domain first), with what produced them."""
-    roles = payload["protocol"]["domains"]
-    test = ", ".join(d for d, r in roles.items() if r == "test")
-    val = ", ".join(d for d, r in roles.items() if r == "validation")
-    ind = ", ".join(d for d, r in roles.items() if r == "in_domain")
+    test, val, ind = (domains_of(payload, r) for r in ("test", "validation", "in_domain"))
     cfg = payload["config"]
     head = [
         "method",

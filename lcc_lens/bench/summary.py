@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lcc_lens.atomic import write_text
-from lcc_lens.bench.results import FORMAT, cell, check_ours, failure_note
+from lcc_lens.bench.results import FORMAT, cell, check_ours, domains_of, failure_note
 
 logger = logging.getLogger(__name__)
 
@@ -95,12 +95,8 @@ def _row(payload: Mapping[str, Any], method: str) -> Mapping[str, Any] | None:
     return next((r for r in payload["rows"] if r["method"] == method), None)
 
 
-def _domain(payload: Mapping[str, Any], role: str) -> str:
-    return ", ".join(d for d, r in payload["protocol"]["domains"].items() if r == role)
-
-
 def _gap_table(payloads: Sequence[Mapping[str, Any]], key: str, role: str) -> list[str]:
-    settings = [f"{p['setting']} ({_domain(p, role)})" for p in payloads]
+    settings = [f"{p['setting']} ({domains_of(p, role)})" for p in payloads]
     lines = ["| method | " + " | ".join(settings) + " |", "|" + "---|" * (len(settings) + 1)]
     for method in _methods(payloads):
         cells = [_gap_cell(_row(p, method), key) for p in payloads]
