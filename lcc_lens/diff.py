@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from lcc_lens.errors import ConfigError, DataError
 from lcc_lens.hooks import capture_z, last_token_positions
 from lcc_lens.models import HeadGeometry, ModelPair
+from lcc_lens.progress import progress
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -285,8 +285,8 @@ def accumulate_diffs(
 ) -> DiffAccumulator:
     """Run both models on ``batches`` (hook_z only) and accumulate dz; one forward per model and batch."""
     acc = DiffAccumulator(pair.geometry, config)
-    for batch in tqdm(
-        batches, desc="head diffs", unit="batch", leave=False, disable=not show_progress
+    for batch in progress(
+        batches, desc="head diffs", unit="batch", leave=False, enabled=show_progress
     ):
         dense = capture_z(pair.dense, batch.ids, batch.attn, batch.selected)
         pruned = capture_z(pair.pruned, batch.ids, batch.attn, batch.selected)

@@ -38,10 +38,10 @@ from typing import Literal
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from lcc_lens.errors import ConfigError, DataError
 from lcc_lens.probe_data import ProbeSample, embed_texts, probe_samples
+from lcc_lens.progress import progress
 
 __all__ = [
     "ProbeConfig",
@@ -188,7 +188,9 @@ def _last_token_z(bridge, tokenizer, texts: Sequence[str], config: ProbeConfig) 
 
     device = next(bridge.parameters()).device
     chunks = []
-    for start in tqdm(range(0, len(texts), config.batch_size), desc="probe features", leave=False):
+    for start in progress(
+        range(0, len(texts), config.batch_size), desc="probe features", leave=False
+    ):
         ids, attn = _tokenize_left(
             tokenizer, texts[start : start + config.batch_size], config.max_length
         )
@@ -268,7 +270,7 @@ def score_probes(
     flat = x.reshape(n, n_layers * n_heads, d).transpose(0, 1)  # [H, n, d]
     gen = torch.Generator().manual_seed(config.seed)
     accs, aligns = [], []
-    for _ in tqdm(range(config.n_splits), desc="probe splits", leave=False):
+    for _ in progress(range(config.n_splits), desc="probe splits", leave=False):
         perm = torch.randperm(n, generator=gen)
         tr, te = perm[:n_train], perm[n_train:]
         flips = torch.randint(0, 2, (n_train, config.n_permutations), generator=gen) * 2 - 1

@@ -24,13 +24,13 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from lcc_lens.compensation import Compensation
 from lcc_lens.diff import DiffAccumulator, DiffConfig, HeadDiff, diff_batches
 from lcc_lens.errors import ConfigError
 from lcc_lens.hooks import capture_z
 from lcc_lens.models import HeadGeometry, ModelPair
+from lcc_lens.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def restoration_stats(
     batches = diff_batches(pair.tokenizer, prompts, config, pair.device)
     base_acc = None if base is not None else DiffAccumulator(g, config)
     restored_acc = DiffAccumulator(g, config)
-    for batch in tqdm(batches, desc="restoration", unit="batch", leave=False):
+    for batch in progress(batches, desc="restoration", unit="batch", leave=False):
         dense = capture_z(pair.dense, batch.ids, batch.attn, batch.selected)
         if base_acc is not None:
             pruned = capture_z(pair.pruned, batch.ids, batch.attn, batch.selected)

@@ -19,7 +19,6 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from lcc_lens.components import LostComponents
 from lcc_lens.diff import HeadDiff, tokenize_prompts
@@ -36,6 +35,7 @@ from lcc_lens.probing import (
     rank_order,
     score_probes,
 )
+from lcc_lens.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ def kl_attribution(
     total = torch.zeros(L, g.n_heads, dtype=torch.float64)
     n_tokens = 0
     device = pair.device
-    for start in tqdm(range(0, len(prompts), batch_size), desc="kl attribution", leave=False):
+    for start in progress(range(0, len(prompts), batch_size), desc="kl attribution", leave=False):
         ids, attn = tokenize_prompts(
             pair.tokenizer, prompts[start : start + batch_size], max_length, device
         )

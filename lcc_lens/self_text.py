@@ -16,16 +16,20 @@ import logging
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from lcc_lens.atomic import write_text
 from lcc_lens.cache import cache_root
 from lcc_lens.examples import Example
+from lcc_lens.progress import progress
 
 logger = logging.getLogger(__name__)
 
-SELF_TEXT_VERSION = 1
+SELF_TEXT_VERSION = 2
 """Bumped when the sampling changes, so that cached samples of an older recipe are not reused."""
+
+SAMPLE_BATCH = 64
+"""Samples drawn together (64 per batch drew a sample in about half the time of 32 on 2 CPU cores;
+the fit draws only the samples it uses)."""
 
 
 def sample_texts(
@@ -36,14 +40,14 @@ def sample_texts(
     *,
     seed: int,
     model_key: str,
-    batch_size: int = 32,
+    batch_size: int = SAMPLE_BATCH,
 ) -> list[str]:
     """``n`` samples of up to ``n_tokens`` new tokens each (temperature 1, no truncation of the
     distribution), each starting with the model's BOS token (EOS when it has none)."""
     from lcc_lens import distributed
 
     key = hashlib.sha256(
-        json.dumps([SELF_TEXT_VERSION, model_key, n, n_tokens, seed]).encode()
+        json.dumps([SELF_TEXT_VERSION, model_key, n, n_tokens, seed, batch_size]).encode()
     ).hexdigest()[:16]
     path = cache_root() / "self_text" / f"{key}.json"
     if path.is_file():
@@ -92,7 +96,7 @@ def _sample(
     out: list[str] = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for i in tqdm(range(0, n, batch_size), desc="self-written text", unit="batch"):
+        for i in progress(range(0, n, batch_size), desc="self-written text", unit="batch"):
             rows = min(batch_size, n - i)
             ids = torch.full((rows, 1), start, dtype=torch.long, device=device)
             gen = model.generate(

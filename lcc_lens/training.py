@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +31,6 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from jaxtyping import Int
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from lcc_lens import distributed as dist
 from lcc_lens.checkpoint import (
@@ -46,6 +46,7 @@ from lcc_lens.data import Encoded, collate
 from lcc_lens.errors import ConfigError, DataError, DivergedError, LccError
 from lcc_lens.models import ModelPair
 from lcc_lens.objectives import OBJECTIVES, Objective, needs_teacher, objective_loss
+from lcc_lens.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -437,15 +438,9 @@ def train(
         if ckpt_path is not None and ctx.is_main:
             save_checkpoint(ckpt_path, training_state(key, step, comp, opt, sched, history))
 
-    bar = tqdm(
-        range(start, total),
-        desc="fit",
-        unit="step",
-        initial=start,
-        total=total,
-        disable=not ctx.is_main or None,
-    )
+    bar = progress(range(start, total), desc="fit", unit="step", initial=start, total=total)
     for step in bar:
+        t_step = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss_sum = _step_loss(pair, comp, student, train_data, cfg, step)
         if not math.isfinite(loss_sum):
@@ -463,7 +458,14 @@ def train(
                     "step %d: loss %.4f, val_loss %.4f", step + 1, loss_sum, row["val_loss"]
                 )
         history.append(row)
-        bar.set_postfix(loss=f"{loss_sum:.4f}")
+        tokens = sum(
+            len(train_data[i].input_ids)
+            for m in _micro_batches(len(train_data), cfg, step)
+            for i in m
+        )
+        bar.set_postfix(
+            loss=f"{loss_sum:.4f}", tok_s=f"{tokens / (time.perf_counter() - t_step):.0f}"
+        )
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:
             save(step + 1)
         if on_step is not None:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from lcc_lens import __version__
 from lcc_lens.bench.cache import ResultCache
@@ -38,6 +37,7 @@ from lcc_lens.evaluation.protocol import ProtocolConfig
 from lcc_lens.fit.stages import EncodedData, choose_data
 from lcc_lens.methods import MethodContext, RestorationMethod, make_method
 from lcc_lens.models import ModelPair, describe, load_causal_lm, resolve_device
+from lcc_lens.progress import progress
 from lcc_lens.training import TrainConfig, train
 
 logger = logging.getLogger(__name__)
@@ -251,7 +251,7 @@ def run_setting(cfg: BenchConfig, setting: str, work: Path, command: str = "") -
     )
     data_by_seed: dict[int, EncodedData] = {}
     n_examples: dict[int, int] = {}
-    for seed, name in tqdm(jobs, desc=f"bench {setting}", unit="run"):
+    for seed, name in progress(jobs, desc=f"bench {setting}", unit="run"):
         got = cache.get(name, seed)
         if got is None:
             fit = fit_config(cfg, dcfg, seed)

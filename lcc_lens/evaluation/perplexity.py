@@ -192,14 +192,14 @@ def perplexity(
     target_device = torch.device(device) if device is not None else _model_device(model)
     pad = prefix_token_id(tokenizer)
 
-    from tqdm.auto import tqdm
+    from lcc_lens.progress import progress
 
     nll_sum = 0.0
     n_tokens = 0
     was_training = getattr(model, "training", False)
     model.eval()
     try:
-        with torch.no_grad(), tqdm(total=len(windows), desc="perplexity", unit="win") as bar:
+        with torch.no_grad(), progress(total=len(windows), desc="perplexity", unit="win") as bar:
             for i in range(0, len(windows), batch_size):
                 batch = windows[i : i + batch_size]
                 width = max(len(inp) for inp, _ in batch)

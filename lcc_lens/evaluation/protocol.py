@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -101,18 +101,30 @@ def sample_windows(
 
 
 def as_scorer(model: Any) -> Scorer:
-    """A function ``ids -> logits`` for a HF model, a bridge, a (bridge, compensation) pair or a callable."""
+    """A function ``ids -> logits`` for a HF model, a bridge, a (bridge, compensation) pair or a callable.
+
+    A bridge is scored through its plain twin (:mod:`lcc_lens.twin`: the same weights and eager
+    attention, the same logits bit for bit, without the bridge's per-module overhead) where it has one;
+    a compensation with ``attach_for_training`` is added there at the output projections' input.
+    """
+    from lcc_lens.evaluation.perplexity import _is_bridge
+    from lcc_lens.twin import PlainLogits, plain_twin
+
     if isinstance(model, tuple):
         bridge, comp = model
+        attach = getattr(comp, "attach_for_training", None)
+        if attach is None or plain_twin(bridge) is None:
+            attach = comp.attach
 
         def with_comp(ids: Tensor) -> Tensor:
-            with comp.attach(bridge) as hooked:
+            with attach(bridge) as hooked:
                 return hooked(ids, return_type="logits")
 
         return with_comp
-    from lcc_lens.evaluation.perplexity import _is_bridge
-
     if _is_bridge(model):
+        twin = plain_twin(model)
+        if twin is not None:
+            return PlainLogits(twin)
         return lambda ids: model(ids, return_type="logits")
     if hasattr(model, "config") and callable(getattr(model, "forward", None)):
         return lambda ids: model(ids).logits
@@ -136,8 +148,14 @@ def model_device(model: Any) -> torch.device:
 
 
 @torch.no_grad()
-def score_windows(model: Any, windows: Sequence[Window], batch_size: int = 8) -> list[float]:
-    """Per-window NLL sums (nats) of ``model`` on ``windows``."""
+def score_windows(
+    model: Any,
+    windows: Sequence[Window],
+    batch_size: int = 8,
+    *,
+    on_batch: Callable[[int], Any] | None = None,
+) -> list[float]:
+    """Per-window NLL sums (nats) of ``model`` on ``windows``; ``on_batch(n)`` after each batch."""
     scorer = as_scorer(model)
     device = model_device(model)
     sums: list[float] = []
@@ -148,6 +166,8 @@ def score_windows(model: Any, windows: Sequence[Window], batch_size: int = 8) ->
         logprobs = torch.log_softmax(scorer(ids).float(), dim=-1)
         picked = logprobs.gather(-1, targets[..., None])[..., 0]
         sums.extend(float(-row.double().sum()) for row in picked)
+        if on_batch is not None:
+            on_batch(len(batch))
     return sums
 
 
@@ -245,13 +265,19 @@ def evaluate(
     cfg: ProtocolConfig | None = None,
     *,
     roles: Mapping[str, str] | None = None,
+    cached: Collection[str] = (),
 ) -> ProtocolResult:
     """Score every model on the same sampled windows of every domain (see the module doc).
 
     ``models``: label -> model (HF model, bridge, (bridge, compensation), or callable ids -> logits);
     name the references ``"dense"`` and ``"pruned"`` to get gap-closed figures. ``roles``: domain ->
     ``"test"`` / ``"validation"`` / ``"in_domain"`` (e.g. :attr:`lcc_lens.data.FitData.eval_roles`).
+    ``cached``: labels of fixed models (HF model or bridge) whose per-window sums may come from the
+    on-disk score cache (:mod:`lcc_lens.evaluation.score_cache`, keyed by content).
     """
+    from lcc_lens.evaluation.score_cache import cached_scores
+    from lcc_lens.progress import progress
+
     cfg = cfg or ProtocolConfig()
     if not models:
         raise ConfigError("no model to evaluate.")
@@ -262,8 +288,20 @@ def evaluate(
     for domain, docs in texts_by_domain.items():
         windows, available = sample_windows(tokenizer, docs, cfg)
         sums = {}
-        for label, model in models.items():
-            sums[label] = tuple(score_windows(model, windows, cfg.batch_size))
+        with progress(
+            total=len(windows) * len(models), desc=f"evaluate {domain}", unit="win"
+        ) as bar:
+            for label, model in models.items():
+
+                def score(model: Any = model, windows: list[Window] = windows) -> list[float]:
+                    return score_windows(model, windows, cfg.batch_size, on_batch=bar.update)
+
+                if label in cached:
+                    before = bar.n
+                    sums[label] = tuple(cached_scores(model, windows, cfg.batch_size, score))
+                    bar.update(len(windows) - (bar.n - before))  # a cache hit scores nothing
+                else:
+                    sums[label] = tuple(score())
         out[domain] = DomainScores(
             domain,
             roles.get(domain, "in_domain"),

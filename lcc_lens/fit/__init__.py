@@ -36,6 +36,7 @@ from lcc_lens.fit.evaluate import (
     restoration,
     target_dtype,
 )
+from lcc_lens.fit.stage_clock import StageClock
 from lcc_lens.fit.stages import (
     EncodedData,
     ResolvedPair,
@@ -106,9 +107,11 @@ def fit(
     existed = run is not None and run.exists()
     if run is not None:
         rd.check_run_dir(run, resume=resume, overwrite=overwrite)
-    resolved = resolve_pair(config)  # checks the lengths against the model's positions
+    clock = StageClock()
+    resolved = resolve_pair(config, clock)  # checks the lengths against the model's positions
     pair = resolved.pair
-    encoded = choose_data(config, pair, data)
+    with clock.stage("data"):
+        encoded = choose_data(config, pair, data)
     main = distributed.context().is_main  # under torchrun every rank computes, rank 0 writes
     distributed.barrier()  # every rank has checked --out before rank 0 creates anything
     if run is not None and main:
@@ -116,7 +119,7 @@ def fit(
         rd.write_config(run, config.to_dict())
     distributed.barrier()
     try:
-        result = _fit_from_data(config, resolved, encoded, run, resume, on_step, t0)
+        result = _fit_from_data(config, resolved, encoded, run, resume, on_step, t0, clock)
     except BaseException:
         # a run that never reached its first checkpoint leaves nothing behind
         if run is not None and main and not resume and not has_checkpoint(run):
@@ -134,27 +137,32 @@ def _fit_from_data(
     resume: bool,
     on_step: Callable[[int, dict[str, Any]], None] | None,
     t0: float,
+    clock: StageClock,
 ) -> FitResult:
     """The stages after the data is chosen (see :func:`fit`)."""
     pair = resolved.pair
-    lost = find_lost_components(pair, encoded, config)
-    ranking = select(pair, encoded, lost, config)
+    with clock.stage("lost_components"):
+        lost = find_lost_components(pair, encoded, config)
+    with clock.stage("select"):
+        ranking = select(pair, encoded, lost, config)
     comp = build_compensation(pair, ranking.selected, lost.components, config)
-    trained = train_compensation(
-        pair,
-        comp,
-        encoded,
-        config,
-        run_dir=run,
-        resume=resume,
-        identity=run_identity(config, resolved.pruned_source, ranking.selected),
-        on_step=on_step,
-    )
+    with clock.stage("train"):
+        trained = train_compensation(
+            pair,
+            comp,
+            encoded,
+            config,
+            run_dir=run,
+            resume=resume,
+            identity=run_identity(config, resolved.pruned_source, ranking.selected),
+            on_step=on_step,
+        )
     metrics: dict[str, Any] = {
         "val_loss_pruned": trained.val_loss_pruned,
         "val_loss_restored": trained.val_loss_restored,
     }
-    evaluation = heldout_evaluation(pair, comp, encoded, config)
+    with clock.stage("evaluate"):
+        evaluation = heldout_evaluation(pair, comp, encoded, config)
     metrics.update(headline_metrics(evaluation, encoded.texts.config.test_domain))
     metrics["n_selected_heads"] = comp.n_selected
     metrics["n_trainable_parameters"] = sum(p.numel() for p in comp.parameters() if p.requires_grad)
@@ -174,12 +182,16 @@ def _fit_from_data(
     if run is not None:
         check_not_diverged(trained, config)  # before anything is exported (same on every rank)
     if run is not None and distributed.context().is_main:
-        result.restoration = restoration(pair, comp, encoded, config)
-        _export(result, encoded, run)
+        with clock.stage("restoration"):
+            result.restoration = restoration(pair, comp, encoded, config)
+        with clock.stage("export"):
+            _export(result, encoded, run)
+        metrics["stages"] = clock.to_list()
         metrics["wall_time_s"] = time.perf_counter() - t0
         rd.write_outputs(result, run)
         rd.mark_complete(run, metrics)
     else:
+        metrics["stages"] = clock.to_list()
         metrics["wall_time_s"] = time.perf_counter() - t0
     return result
 

@@ -46,7 +46,14 @@ def heldout_evaluation(
         models["restored"] = (pair.pruned, compensation)
     if not models:
         return baseline  # type: ignore[return-value]
-    result = evaluate(models, pair.tokenizer, texts.eval_texts, config.eval, roles=texts.eval_roles)
+    result = evaluate(
+        models,
+        pair.tokenizer,
+        texts.eval_texts,
+        config.eval,
+        roles=texts.eval_roles,
+        cached=("dense", "pruned"),  # they do not depend on the fit: scored once per pair
+    )
     if baseline is None:
         return result
     merged = {

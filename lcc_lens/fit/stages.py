@@ -25,6 +25,7 @@ from lcc_lens.data import Encoded, FitData, encode, fit_data
 from lcc_lens.diff import HeadDiff
 from lcc_lens.errors import ConfigError
 from lcc_lens.fit.config import FitConfig
+from lcc_lens.fit.stage_clock import StageClock
 from lcc_lens.models import ModelPair, resolve_device
 from lcc_lens.placement import parse_device_map
 from lcc_lens.probe_data import ProbeSample, fit_probe_items, probe_samples
@@ -56,24 +57,27 @@ def resolve_pruned(config: FitConfig) -> str:
     return str(cached_pruned_checkpoint(config.dense, config.prune))
 
 
-def resolve_pair(config: FitConfig) -> ResolvedPair:
+def resolve_pair(config: FitConfig, clock: StageClock | None = None) -> ResolvedPair:
     """Prune if needed (cached), load both models and check the lengths fit the model's positions.
 
     Under torchrun each rank loads the pair on its own device; rank 0 fills the prune cache first.
+    ``clock`` records the prune (with the dense model's conversion) and the load as two stages.
     """
+    clock = clock or StageClock()
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     ctx = distributed.init_from_env(device)
     device = distributed.rank_device(device, ctx)
-    with distributed.main_process_first():
+    with clock.stage("prune"), distributed.main_process_first():
         pruned_source = resolve_pruned(config)
-    pair = ModelPair.load(
-        config.dense,
-        pruned_source,
-        dtype=DTYPES[config.dtype],
-        device=device,
-        device_map=parse_device_map(config.device_map),
-    )
+    with clock.stage("load"):
+        pair = ModelPair.load(
+            config.dense,
+            pruned_source,
+            dtype=DTYPES[config.dtype],
+            device=device,
+            device_map=parse_device_map(config.device_map),
+        )
     g = pair.geometry
     logger.info(
         "pair: %s, %d layers x %d heads (d_head %d)",
@@ -142,20 +146,24 @@ def _training_examples(config: FitConfig, pair: ModelPair, texts: FitData) -> li
     corpus = list(texts.train)
     if dcfg.fit_text == "corpus":
         return encode(pair.tokenizer, corpus, config.max_length, targets=dcfg.targets)
+    # corpus_self: every other corpus example, the rest written by the dense model (only as many
+    # samples as are used are drawn)
+    kept = corpus if dcfg.fit_text == "self" else corpus[::2]
+    n_self = len(corpus) if dcfg.fit_text == "self" else len(corpus) - len(kept)
     samples = sample_texts(
         pair.dense,
         pair.tokenizer,
-        len(corpus),
+        n_self,
         dcfg.self_tokens,
         seed=config.seed,
         model_key=model_fingerprint(pair.dense_source),
     )
-    own = self_examples(pair.tokenizer, samples)
-    if dcfg.fit_text == "self":
-        return encode(pair.tokenizer, own, config.max_length, targets="all")
-    return encode(pair.tokenizer, corpus[::2], config.max_length, targets=dcfg.targets) + encode(
-        pair.tokenizer, own[1::2], config.max_length, targets="all"
+    own = encode(
+        pair.tokenizer, self_examples(pair.tokenizer, samples), config.max_length, targets="all"
     )
+    if dcfg.fit_text == "self":
+        return own
+    return encode(pair.tokenizer, kept, config.max_length, targets=dcfg.targets) + own
 
 
 # ---- activation differences and lost components ------------------------------------------------
@@ -285,9 +293,11 @@ def train_compensation(
         identity=identity,
         on_step=on_step,
     )
-    val_after = (
-        evaluate_loss(pair, comp, data.validation, config.train)
-        if data.validation
-        else float("nan")
-    )
+    last = history[-1] if history else {}
+    if not data.validation:
+        val_after = float("nan")
+    elif "val_loss" in last and last["step"] == config.train.total_steps(len(data.train)):
+        val_after = float(last["val_loss"])  # the loop scored the final state already
+    else:
+        val_after = evaluate_loss(pair, comp, data.validation, config.train)
     return Trained(history, val_before, val_after)

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from lcc_lens.atomic import atomic_dir, check_replaceable, check_writable
 from lcc_lens.errors import ConfigError
+from lcc_lens.progress import progress
 from lcc_lens.pruning.calibrate import (
     InputStats,
     StatSpec,
@@ -214,7 +214,7 @@ def _prune_unstructured(
     sparsity = config.target_sparsity
 
     if config.method == "magnitude":
-        for mods in tqdm(per_layer, desc="magnitude", unit="layer", disable=not show_progress):
+        for mods in progress(per_layer, desc="magnitude", unit="layer", enabled=show_progress):
             for module in mods.values():
                 w = weight_matrix(module)
                 w[magnitude_mask(w, sparsity, nm)] = 0

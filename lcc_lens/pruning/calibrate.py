@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from lcc_lens.errors import ConfigError
+from lcc_lens.progress import progress
 from lcc_lens.pruning.masks import is_prunable_linear
 
 logger = logging.getLogger(__name__)
@@ -312,7 +312,7 @@ def run_layerwise(
     """
     if device is not None:
         move_inputs(inputs, device)
-    bar = tqdm(range(len(layers)), desc=desc, unit="layer", disable=not show_progress)
+    bar = progress(range(len(layers)), desc=desc, unit="layer", enabled=show_progress)
     for i in bar:
         layer = layers[i]
         home = _device_of(layer)
