@@ -23,6 +23,7 @@ _LAZY: dict[str, str] = {
     "IncompatibleModelsError": "lcc_lens.errors",
     "LccError": "lcc_lens.errors",
     "OwnershipError": "lcc_lens.errors",
+    "UnsafePathError": "lcc_lens.errors",
     # models and the embedded real models
     "HeadGeometry": "lcc_lens.models",
     "ModelPair": "lcc_lens.models",
@@ -110,6 +111,7 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time these load 
     from lcc_lens.errors import IncompatibleModelsError as IncompatibleModelsError
     from lcc_lens.errors import LccError as LccError
     from lcc_lens.errors import OwnershipError as OwnershipError
+    from lcc_lens.errors import UnsafePathError as UnsafePathError
     from lcc_lens.evaluation import EvalConfig as EvalConfig
     from lcc_lens.evaluation import PerplexityResult as PerplexityResult
     from lcc_lens.evaluation import build_offline_suite as build_offline_suite
@@ -197,6 +199,7 @@ __all__ = [
     "RestorationStats",
     "SelectConfig",
     "TrainConfig",
+    "UnsafePathError",
     "__version__",
     "build_offline_suite",
     "cached_lost_components",

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from lcc_lens import __version__
 from lcc_lens.atomic import atomic_file
-from lcc_lens.errors import CompensationFileError, ConfigError
+from lcc_lens.errors import CompensationFileError, ConfigError, shown
 from lcc_lens.hooks import HOOK_Z, per_layer_hooks, temporary_hooks
 from lcc_lens.models import HeadGeometry
 from lcc_lens.types import ZOffsets
@@ -248,26 +248,28 @@ class Compensation(nn.Module):
                 "load_z_offsets, or re-export the compensation with lcc_lens."
             )
         g = recorded
-        n = tensors["heads"].shape[0]
-        d = g.d_head
+        heads = _stored_heads(tensors["heads"], g, path)
+        n, d = len(heads), g.d_head
         expect = {"beta": (n, d), "bias": (n, d), "directions": (n, d, d)}
         for name, shape in expect.items():
-            if tuple(tensors[name].shape) != shape:
+            if tuple(tensors[name].shape) != shape or not tensors[name].is_floating_point():
                 raise CompensationFileError(
-                    f"{path}: tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {shape} "
-                    "for the recorded geometry. The file is inconsistent; re-export it."
+                    f"{path}: tensor {name!r} has shape {tuple(tensors[name].shape)} "
+                    f"({tensors[name].dtype}), expected floats of shape {shape} for the "
+                    "recorded geometry. The file is inconsistent; re-export it."
                 )
-        comp = cls(
-            g,
-            [tuple(h) for h in tensors["heads"].tolist()],
-            torch.zeros(
-                g.n_layers, g.n_heads, d, d
-            ),  # placeholder; the stored rows are copied below
-            use_directions=meta.get("use_directions") == "True",
-            use_bias=meta.get("use_bias") == "True",
-        )
+        use_directions, use_bias = (_stored_flag(meta, key, path) for key in _FLAGS)
+        if not (use_directions or use_bias):
+            raise CompensationFileError(
+                f"{path}: its metadata turns off both use_directions and use_bias; the file is "
+                "corrupt. Re-export the compensation."
+            )
+        # V of every head of the model is only read at the selected heads: a zero-sized view, not
+        # n_layers x n_heads x d_head x d_head floats (the stored rows are copied below)
+        placeholder = torch.zeros(()).expand(g.n_layers, g.n_heads, d, d)
+        comp = cls(g, heads, placeholder, use_directions=use_directions, use_bias=use_bias)
         with torch.no_grad():
-            order = torch.tensor([g.flat_index(*h) for h in tensors["heads"].tolist()])
+            order = torch.tensor([g.flat_index(*h) for h in heads], dtype=torch.long)
             perm = torch.argsort(order)  # constructor sorts heads; align the stored rows
             comp.directions.copy_(tensors["directions"][perm])
             comp.beta.copy_(tensors["beta"][perm])
@@ -277,6 +279,46 @@ class Compensation(nn.Module):
                 f"{path}: z_offsets disagree with beta, b and the directions; the file is corrupt."
             )
         return comp
+
+
+_FLAGS = ("use_directions", "use_bias")
+
+
+def _stored_heads(
+    heads: Tensor, g: HeadGeometry, path: str | os.PathLike[str]
+) -> list[tuple[int, int]]:
+    """The (layer, head) pairs of a file's ``heads`` tensor: integers, [n, 2], in range, distinct."""
+    problem = ""
+    if heads.is_floating_point() or heads.is_complex() or heads.dtype == torch.bool:
+        problem = f"holds {heads.dtype} values, not integers"
+    elif heads.dim() != 2 or heads.shape[1] != 2:
+        problem = f"has shape {tuple(heads.shape)}, not [n_selected, 2]"
+    else:
+        pairs = [(int(lay), int(h)) for lay, h in heads.tolist()]
+        outside = [p for p in pairs if not (0 <= p[0] < g.n_layers and 0 <= p[1] < g.n_heads)]
+        if outside:
+            problem = (
+                f"names head {outside[0]} outside the recorded {g.n_layers} layers x "
+                f"{g.n_heads} heads"
+            )
+        elif len(set(pairs)) != len(pairs):
+            problem = "names a head twice"
+        else:
+            return pairs
+    raise CompensationFileError(
+        f"{path}: tensor 'heads' {problem}; the file is corrupt or not written by lcc_lens. "
+        "Re-export the compensation."
+    )
+
+
+def _stored_flag(meta: dict[str, str], key: str, path: str | os.PathLike[str]) -> bool:
+    value = meta.get(key)
+    if value not in ("True", "False"):
+        raise CompensationFileError(
+            f"{path}: metadata {key!r} is {shown(value)}, not 'True' or 'False'; the file is "
+            "corrupt. Re-export the compensation."
+        )
+    return value == "True"
 
 
 def check_finite(offsets: Tensor) -> None:

@@ -135,9 +135,11 @@ def convert_gguf(model: EmbeddedModel, target: Path) -> None:
     gguf = gguf_path(model)
     logger.info("converting the embedded GGUF model %s to %s (once)", gguf.name, target)
     quant = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False
     )
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False
+    )
     cfg_dict = quant.config.to_dict()
     cfg_dict.pop("quantization_config", None)
     cfg_dict["_name_or_path"] = model.name

@@ -28,7 +28,12 @@ class ConfigError(LccError):
 
 
 class CheckpointError(LccError):
-    """A training checkpoint is missing, malformed, from an older format or not lcc_lens's own."""
+    """A checkpoint is missing, malformed or unsafe: a training checkpoint (older format, not lcc_lens's
+    own) or a model folder (pickle weights, weights that do not match its config, NaN weights)."""
+
+
+class UnsafePathError(LccError):
+    """A name read from a file, or a link in a folder, leads out of that folder."""
 
 
 class MethodNotApplicable(LccError):
@@ -58,5 +63,20 @@ BAD_INPUT_ERRORS: tuple[type[LccError], ...] = (
     CompensationFileError,
     CheckpointError,
     OwnershipError,
+    UnsafePathError,
 )
 """Errors caused by what the user passed: the command line exits 2 for these, 1 for other LccErrors."""
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """A short ``repr`` of ``value`` for an error message: a crafted input can be huge or deeply
+    shared, so at most a few items per level and ``limit`` characters are ever built."""
+    import reprlib
+
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"<an integer of about {int(value.bit_length() * 0.30103)} digits>"
+    short = reprlib.Repr()
+    short.maxlevel, short.maxstring, short.maxother, short.maxlong = 3, limit, limit, 40
+    short.maxlist = short.maxtuple = short.maxdict = short.maxset = 6
+    text = short.repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."

@@ -36,6 +36,7 @@ from lcc_lens import __version__
 from lcc_lens.atomic import atomic_dir
 from lcc_lens.compensation import COMPENSATION_FILE, Compensation, check_finite
 from lcc_lens.errors import ExportError
+from lcc_lens.model_files import INDEX, SINGLE, checked_structure
 from lcc_lens.models import describe, load_causal_lm, resolve_model_source
 from lcc_lens.types import ZOffsets
 
@@ -241,21 +242,10 @@ def unmerge(model: PreTrainedModel, z_offsets: ZOffsets) -> PreTrainedModel:
     return model
 
 
-def _meta_model(source: Path) -> PreTrainedModel:
-    """The pruned model's structure on the ``meta`` device (no weights read)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(source, local_files_only=True)
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
-
-
 def _streamable(source: str | os.PathLike[str]) -> Path | None:
     """The local safetensors checkpoint directory of ``source``, if the shard-level export applies."""
     path = Path(resolve_model_source(source))
-    if not path.is_dir() or not (
-        (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()
-    ):
+    if not path.is_dir() or not ((path / SINGLE).is_file() or (path / INDEX).is_file()):
         return None
     return path
 
@@ -286,7 +276,7 @@ def export_checkpoint(
     if dense_source is not None:
         identities["dense"] = describe(dense_source)
     if stream is not None:
-        structure = _meta_model(stream)
+        structure = checked_structure(stream)  # the folder checked; no weight read
         _check_geometry(structure, offsets)
         new_cfg, cls, route = exported_config(structure)
     if stream is not None and route != "native":

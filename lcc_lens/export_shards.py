@@ -22,37 +22,26 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from lcc_lens.errors import ExportError
+from lcc_lens.model_files import CODE_KEY, INDEX, SINGLE, forget_code, weight_files
+from lcc_lens.safe_paths import check_links, inside
 from lcc_lens.types import ZOffsets
 
 logger = logging.getLogger(__name__)
 
 BIAS_SHARD = "lcc-biases.safetensors"
-INDEX = "model.safetensors.index.json"
-SINGLE = "model.safetensors"
 _RENAMED_SINGLE = (
     "model-00001-of-00001.safetensors"  # transformers would ignore the index next to it
 )
 _SKIP = {"config.json", INDEX, BIAS_SHARD, "compensation.safetensors", "lcc_export.json"}
-
-
-def weight_files(directory: Path) -> dict[str, str]:
-    """Tensor name -> shard file of a safetensors checkpoint (single file or indexed shards)."""
-    index = directory / INDEX
-    if index.is_file():
-        return dict(json.loads(index.read_text())["weight_map"])
-    single = directory / SINGLE
-    if not single.is_file():
-        raise ExportError(
-            f"{directory} holds no safetensors weights (model.safetensors or {INDEX})."
-        )
-    with safe_open(str(single), framework="pt") as fh:
-        return {name: single.name for name in fh.keys()}  # noqa: SIM118 (safe_open has no iterator)
+_COPIED = {".json", ".txt", ".model", ".jinja", ".tiktoken", ".md"}
+"""Suffixes of the side files copied along (tokenizer, generation config, chat template, notes):
+never code (``*.py``) or pickles, which lcc_lens neither runs nor vouches for."""
 
 
 def _read(directory: Path, files: dict[str, str], name: str) -> torch.Tensor:
     if name not in files:
         raise ExportError(f"tensor {name} is missing from the checkpoint in {directory}.")
-    with safe_open(str(directory / files[name]), framework="pt") as fh:
+    with safe_open(str(inside(directory, files[name], what="shard name")), framework="pt") as fh:
         return fh.get_tensor(name)
 
 
@@ -84,21 +73,22 @@ def write_sharded_export(source: Path, target: Path, z_offsets: ZOffsets, config
 
     ``config``: the exported model's PretrainedConfig (``attention_bias=True``), saved as config.json.
     """
+    check_links(source)
     files = weight_files(source)
     if any(name.endswith("o_proj.bias") for name in files):
         raise ExportError("the checkpoint already has o_proj biases: use the in-memory export.")
     biases = bias_tensors(source, files, z_offsets)
     renamed = {SINGLE: _RENAMED_SINGLE}
     for name in sorted(set(files.values())):
-        shutil.copyfile(source / name, target / renamed.get(name, name))
-    for item in source.iterdir():  # tokenizer, generation config, notes; never our own outputs
-        if (
-            item.is_file()
-            and item.name not in _SKIP
-            and not item.name.startswith(".")
-            and item.suffix != ".safetensors"
-        ):
-            shutil.copyfile(item, target / item.name)
+        shutil.copyfile(inside(source, name, what="shard name"), target / renamed.get(name, name))
+    for item in sorted(source.iterdir()):  # side files; never our own outputs
+        if item.name in _SKIP or item.name.startswith(".") or not item.is_file():
+            continue
+        if item.suffix in _COPIED:
+            _copy_side_file(inside(source, item.name), target / item.name)
+        elif item.suffix != ".safetensors":
+            logger.warning("not copying %s into the export (not a tokenizer or text file)", item)
+    forget_code(config)
     save_file(biases, str(target / BIAS_SHARD), metadata={"format": "pt"})
     weight_map = {k: renamed.get(v, v) for k, v in files.items()}
     weight_map.update(dict.fromkeys(biases, BIAS_SHARD))
@@ -107,3 +97,17 @@ def write_sharded_export(source: Path, target: Path, z_offsets: ZOffsets, config
     (target / INDEX).write_text(json.dumps(index, indent=2) + "\n")
     config.save_pretrained(target)
     logger.info("wrote %d bias tensors next to %d copied shard(s)", len(biases), len(set(files)))
+
+
+def _copy_side_file(source: Path, target: Path) -> None:
+    """Copy a side file byte for byte; a JSON file naming custom code loses that ``auto_map``."""
+    if source.suffix == ".json":
+        try:
+            data = json.loads(source.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            data = None
+        if isinstance(data, dict) and CODE_KEY in data:
+            del data[CODE_KEY]
+            target.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+            return
+    shutil.copyfile(source, target)

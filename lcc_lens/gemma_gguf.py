@@ -123,7 +123,9 @@ def convert(gguf: Path, target: Path, *, name: str, source: str) -> None:
         )
     model.load_state_dict(state, strict=False)
     model.tie_weights()
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)

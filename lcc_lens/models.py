@@ -24,6 +24,13 @@ from safetensors import SafetensorError
 from lcc_lens.cache import cache_root
 from lcc_lens.embedded import EMBEDDED_MODEL, EMBEDDED_MODELS, embedded_model_dir, is_embedded
 from lcc_lens.errors import ConfigError, IncompatibleModelsError, LccError
+from lcc_lens.model_files import (
+    check_loaded,
+    checked_structure,
+    declared_code,
+    forget_code,
+    needs_code,
+)
 from lcc_lens.placement import (
     DeviceMap,
     has_device_map,
@@ -31,6 +38,7 @@ from lcc_lens.placement import (
     parse_device_map,
     resolve_device,
 )
+from lcc_lens.safe_paths import inside
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -77,20 +85,40 @@ def load_causal_lm(
 
     ``device_map`` (see :func:`lcc_lens.placement.parse_device_map`) spreads a model that does not fit
     one device over several, or offloads layers to CPU/disk (``offload_folder``, default a folder in
-    the cache); ``device`` is then ignored.
+    the cache); ``device`` is then ignored. Safetensors weights only, no code from the checkpoint
+    (``trust_remote_code=False``); a local folder is checked first and the loaded model after
+    (:mod:`lcc_lens.model_files`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     resolved = resolve_model_source(source)
     local = Path(resolved).is_dir()
+    if local:
+        checked_structure(Path(resolved))
+        code = declared_code(Path(resolved))
+        if code:
+            logger.warning(
+                "%s names custom code (auto_map in %s); lcc_lens never runs it and loads the "
+                "architecture with transformers' own class",
+                source,
+                ", ".join(code),
+            )
     placement = parse_device_map(device_map)
-    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": local}
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "local_files_only": local,
+        "use_safetensors": True,
+        "trust_remote_code": False,
+        "output_loading_info": True,
+    }
     if placement is not None:
         kwargs["device_map"] = placement
         kwargs["offload_folder"] = str(offload_folder or _offload_folder(resolved))
     try:
-        model = AutoModelForCausalLM.from_pretrained(resolved, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(resolved, local_files_only=local)
+        model, info = AutoModelForCausalLM.from_pretrained(resolved, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(
+            resolved, local_files_only=local, trust_remote_code=False
+        )
     except LccError:
         raise
     except (
@@ -102,6 +130,8 @@ def load_causal_lm(
         json.JSONDecodeError,
         SafetensorError,
     ) as exc:
+        if "trust_remote_code" in str(exc):
+            raise needs_code(str(source)) from exc
         if placement is not None and "device" in str(exc).lower():
             raise ConfigError(
                 f"cannot place {source!r} with device_map {placement!r}: {exc}"
@@ -112,6 +142,8 @@ def load_causal_lm(
             else "; check the hub id and your network (or pass a local directory)"
         )
         raise ConfigError(f"cannot load model {source!r}: {_first_line(exc)}{local_hint}.") from exc
+    check_loaded(model, info, str(source))
+    forget_code(model.config, tokenizer)
     if placement is None:
         model.to(resolve_device(device))
     else:
@@ -342,7 +374,8 @@ def _dir_fingerprint(path: Path) -> str:
     files = sorted(
         p for p in path.iterdir() if p.suffix in {".safetensors", ".bin", ".json"} and p.is_file()
     )
-    for file in files:
+    for found in files:
+        file = inside(path, found.name)  # a link out of the folder is refused, never read
         stat = file.stat()
         key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
         if key not in _FINGERPRINTS:

@@ -205,7 +205,7 @@ def embed_texts(texts: Sequence[str], batch_size: int = 64) -> Float[Tensor, "n 
         ) from exc
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(get_model_path()), device="cpu")
+    model = SentenceTransformer(str(get_model_path()), device="cpu", trust_remote_code=False)
     emb = model.encode(
         list(texts), batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False
     )

@@ -55,7 +55,9 @@ def tiny_tokenizer() -> PreTrainedTokenizerBase:
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_dir(target) as tmp:
             fast.save_pretrained(tmp)
-    return AutoTokenizer.from_pretrained(str(target), local_files_only=True)
+    return AutoTokenizer.from_pretrained(
+        str(target), local_files_only=True, trust_remote_code=False
+    )
 
 
 def tiny_config(layout: Layout, *, n_layers: int = 3, n_heads: int = 4, n_kv_heads: int = 2):

@@ -30,7 +30,8 @@ from lcc_lens.cli.values import (
     is_dataclass_type,
     strip_optional,
 )
-from lcc_lens.errors import ConfigError
+from lcc_lens.cli.yaml_file import read_yaml
+from lcc_lens.errors import ConfigError, shown
 
 _DEST_PREFIX = "cfg:"
 
@@ -248,32 +249,6 @@ def flag_values(ns: argparse.Namespace, specs: Sequence[FlagSpec]) -> dict[tuple
     return out
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from ``path``; ConfigError for a missing, binary or malformed file."""
-    import yaml
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist (or is not a file).")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); pass a YAML file."
-        ) from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"config file {path} must hold a mapping of field: value, got {type(data).__name__}."
-        )
-    return data
-
-
 def yaml_values(
     data: Mapping[str, Any], specs: Sequence[FlagSpec], source: str = "config"
 ) -> dict[tuple[str, ...], Any]:
@@ -291,7 +266,7 @@ def yaml_values(
             elif where in sections:
                 if not isinstance(value, dict):
                     raise ConfigError(
-                        f"{source} section {'.'.join(where)} must be a mapping, got {value!r}."
+                        f"{source} section {'.'.join(where)} must be a mapping, got {shown(value)}."
                     )
                 visit(value, where)
             else:
@@ -307,7 +282,7 @@ def yaml_values(
                 close = difflib.get_close_matches(str(key), known, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(
-                    f"{source} has an unknown field {'.'.join(where)!r}{hint}; known fields here: "
+                    f"{source} has an unknown field {shown('.'.join(where))}{hint}; known fields here: "
                     f"{', '.join(known)}."
                 )
 

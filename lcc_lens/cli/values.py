@@ -14,7 +14,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from lcc_lens.errors import ConfigError
+from lcc_lens.errors import ConfigError, shown
 
 _NONE_WORDS = {"none", "null"}
 _TRUE_WORDS = {"1", "true", "yes", "on"}
@@ -57,7 +57,7 @@ def type_name(tp: Any) -> str:
 
 
 def _bad(where: str, value: Any, tp: Any) -> ConfigError:
-    return ConfigError(f"{where} must be {type_name(tp)}, got {value!r}.")
+    return ConfigError(f"{where} must be {type_name(tp)}, got {shown(value)}.")
 
 
 def from_text(text: str, tp: Any, where: str) -> Any:
@@ -71,7 +71,9 @@ def from_text(text: str, tp: Any, where: str) -> Any:
         for choice in choices:
             if str(choice) == text:
                 return choice
-        raise ConfigError(f"{where} must be one of {', '.join(map(str, choices))}; got {text!r}.")
+        raise ConfigError(
+            f"{where} must be one of {', '.join(map(str, choices))}; got {shown(text)}."
+        )
     if origin is tuple:
         item = typing.get_args(inner)[0]
         return tuple(from_text(p.strip(), item, where) for p in text.split(",") if p.strip())
@@ -124,7 +126,9 @@ def from_yaml(value: Any, tp: Any, where: str) -> Any:
         choices = typing.get_args(inner)
         if value in choices and type(value) in {type(c) for c in choices}:
             return value
-        raise ConfigError(f"{where} must be one of {', '.join(map(str, choices))}; got {value!r}.")
+        raise ConfigError(
+            f"{where} must be one of {', '.join(map(str, choices))}; got {shown(value)}."
+        )
     if origin is tuple:
         item = typing.get_args(inner)[0]
         items = value if isinstance(value, list) else [value]

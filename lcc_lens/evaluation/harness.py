@@ -167,7 +167,13 @@ def _hf_lm(
             "a checkpoint directory, or 'embedded'."
         )
     model.eval()
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+    return HFLM(
+        pretrained=model,
+        tokenizer=tokenizer,
+        batch_size=batch_size,
+        max_length=max_length,
+        trust_remote_code=False,
+    )
 
 
 def _hub_error(task: str, exc: BaseException) -> DataError:

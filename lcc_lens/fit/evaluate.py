@@ -153,14 +153,13 @@ def export_check(
 
 def target_dtype(pruned_source: str, config: FitConfig) -> torch.dtype:
     """The dtype the export is meant to run in: the fit's dtype, else the pruned checkpoint's own."""
-    from transformers import AutoConfig
-
     from lcc_lens.fit.stages import DTYPES
+    from lcc_lens.model_files import load_config
     from lcc_lens.models import resolve_model_source
 
     if config.dtype != "float32":
         return DTYPES[config.dtype]
-    hf = AutoConfig.from_pretrained(resolve_model_source(pruned_source), local_files_only=True)
+    hf = load_config(resolve_model_source(pruned_source))
     declared = getattr(hf, "dtype", None) or getattr(hf, "torch_dtype", None)
     if isinstance(declared, str):
         declared = DTYPES.get(declared, torch.float32)

@@ -112,21 +112,10 @@ def _check_seq_len(max_positions: int | None, config: PruneConfig, name: str) ->
 
 def check_positions(source: str | os.PathLike[str], config: PruneConfig) -> None:
     """Refuse a calibration ``seq_len`` beyond the model's positions, reading only its config."""
-    from transformers import AutoConfig
-
+    from lcc_lens.model_files import load_config
     from lcc_lens.models import resolve_model_source
 
-    resolved = resolve_model_source(source)
-    try:
-        model_config = AutoConfig.from_pretrained(
-            resolved, local_files_only=Path(resolved).is_dir()
-        )
-    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds for a bad config.json
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(
-            f"cannot read the config of model {source} ({type(exc).__name__}: {first}); its "
-            "config.json is malformed or of another format."
-        ) from exc
+    model_config = load_config(resolve_model_source(source))
     _check_seq_len(_max_positions(model_config), config, str(source))
 
 

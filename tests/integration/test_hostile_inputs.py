@@ -36,6 +36,7 @@ from lcc_lens.errors import (
     DataError,
     Interrupted,
     OwnershipError,
+    UnsafePathError,
 )
 
 PAYLOAD_FILE = "PWNED"
@@ -100,6 +101,7 @@ class Case:
     error: type[BaseException] | None = None
     owner: str = ""  # the helper whose module carries the fix (not the CLI)
     marks: tuple = field(default_factory=tuple)
+    seconds: float | None = None  # the case must end within this many seconds (a crafted input)
 
 
 BINARY = bytes(range(256)) * 4 + b"\xff\xfe\xc3\x28"
@@ -642,6 +644,303 @@ CASES: list[Case] = [
 ]
 
 
+# ==== issue 25, part A: hostile model folders, configs and compensation files ===================
+# Crafted checkpoints (custom code, pickles, shard names and links leading out, configs that do not
+# match their weights, NaN weights), YAML bombs and malformed compensation files.
+
+PAYLOAD_CODE = f"open({PAYLOAD_FILE!r}, 'w').write('pwned')\n"
+"""A module that writes PAYLOAD_FILE (relative: into the case's working folder) when imported."""
+
+
+def _crafted(env: Env, how: str) -> Path:
+    """A copy of the tiny dense checkpoint under ``crafted/``, made hostile ``how``."""
+    from safetensors.torch import load_file, save_file
+
+    target = env.tmp / "crafted"
+    shutil.copytree(env.dense, target)
+    config_file = target / "config.json"
+    config = json.loads(config_file.read_text())
+    weights = target / "model.safetensors"
+    if how in ("custom-code", "custom-code-known-type"):
+        (target / "payload.py").write_text(PAYLOAD_CODE)
+        config["auto_map"] = {
+            "AutoConfig": "payload.PayloadConfig",
+            "AutoModelForCausalLM": "payload.PayloadModel",
+        }
+        if how == "custom-code":
+            config["model_type"] = "lcc_payload"
+        tok_file = target / "tokenizer_config.json"
+        tok = json.loads(tok_file.read_text())
+        tok["auto_map"] = {"AutoTokenizer": ["payload.PayloadTokenizer", None]}
+        tok_file.write_text(json.dumps(tok))
+    elif how == "pickle-only":
+        weights.unlink()
+        torch.save(_pickle_payload(env.tmp / PAYLOAD_FILE), target / "pytorch_model.bin")
+    elif how == "pickle-beside-safetensors":
+        torch.save(_pickle_payload(env.tmp / PAYLOAD_FILE), target / "pytorch_model.bin")
+    elif how == "index-out":
+        tensors = load_file(str(weights))
+        weights.rename(target / "model-00001-of-00001.safetensors")
+        weight_map = dict.fromkeys(tensors, "model-00001-of-00001.safetensors")
+        weight_map["model.norm.weight"] = "../victim.safetensors"
+        index = {"metadata": {}, "weight_map": weight_map}
+        (target / "model.safetensors.index.json").write_text(json.dumps(index))
+        env.file("victim.safetensors", "the user's file beside the checkpoint")
+    elif how == "link-out":
+        (target / "notes.md").symlink_to(env.file("secret.txt", "the user's private notes"))
+    elif how in ("nan-weight", "missing-tensor"):
+        tensors = load_file(str(weights))
+        if how == "nan-weight":
+            tensors["model.layers.1.mlp.up_proj.weight"][3, 5] = float("nan")
+        else:
+            del tensors["model.layers.1.self_attn.q_proj.weight"]
+        save_file(tensors, str(weights), metadata={"format": "pt"})
+    elif how in ("one-layer-more", "billion-layers", "wrong-width"):
+        if how == "wrong-width":
+            config["hidden_size"] = 4096
+        else:
+            config["num_hidden_layers"] = 4 if how == "one-layer-more" else 1_000_000_000
+    else:  # pragma: no cover
+        raise ValueError(how)
+    config_file.write_text(json.dumps(config))
+    return target
+
+
+def PRUNE_CRAFTED(env: Env) -> list[str]:
+    return [*PRUNE(env, "--method", "magnitude"), "--dense", str(env.tmp / "crafted")]
+
+
+TINY_GEOMETRY = ("LlamaForCausalLM", 3, 4, 2, 16, 64, 512)  # the tiny llama's layers, heads, sizes
+
+
+def _export(env: Env, source: Path) -> Path:
+    """Export a one-head zero compensation into a copy of ``source`` (the shard-level route)."""
+    from lcc_lens.compensation import Compensation
+    from lcc_lens.export import export_checkpoint
+    from lcc_lens.models import HeadGeometry
+
+    comp = Compensation(HeadGeometry(*TINY_GEOMETRY), [(0, 0)], use_directions=False)
+    return export_checkpoint(source, comp, env.tmp / "export")
+
+
+def _compensation_file(env: Env, *, meta: dict[str, str] | None = None, **tensors: Any) -> Path:
+    """A valid compensation file of the tiny geometry with some tensors or metadata replaced."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from lcc_lens.compensation import Compensation
+    from lcc_lens.models import HeadGeometry
+
+    good = Compensation(HeadGeometry(*TINY_GEOMETRY), [(0, 1), (2, 3)], use_directions=False)
+    path = good.save(env.tmp / "good.safetensors")
+    with safe_open(str(path), framework="pt") as fh:
+        stored_meta = dict(fh.metadata())
+    stored = {**load_file(str(path)), **tensors}
+    path.unlink()
+    bad = env.tmp / "compensation.safetensors"
+    save_file(stored, str(bad), metadata={**stored_meta, **(meta or {})})
+    return bad
+
+
+def _load_compensation(env: Env) -> Any:
+    from lcc_lens.compensation import Compensation
+
+    return Compensation.load(env.tmp / "compensation.safetensors")
+
+
+def _yaml_bomb(levels: int = 8) -> str:
+    """A few hundred bytes of YAML that name 9**levels strings through aliases."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]")
+    lines.append(f"n_samples: [{', '.join([f'*a{levels - 1}'] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+def _crafted_yaml(name: str, text: str) -> Case:
+    return Case(
+        f"prune-yaml-{name}",
+        lambda e: [*PRUNE(e), "--config", str(e.tmp / "c.yaml")],
+        2,
+        {"alias-bomb": "anchor or alias", "deep": "nests deeper"}.get(name, "beyond 64 bits"),
+        setup=lambda e: e.file("c.yaml", text),
+        seconds=2.0,
+    )
+
+
+def _crafted_prune(how: str, message: str, seconds: float | None = None) -> Case:
+    return Case(
+        f"prune-model-{how}",
+        PRUNE_CRAFTED,
+        2,
+        message,
+        setup=lambda e: _crafted(e, how),
+        seconds=seconds,
+    )
+
+
+def _crafted_export(how: str, message: str) -> Case:
+    return Case(
+        f"lib-export-{how}",
+        None,
+        2,
+        message,
+        setup=lambda e: _crafted(e, how),
+        call=lambda e: _export(e, e.tmp / "crafted"),
+        error=UnsafePathError,
+    )
+
+
+def _bad_compensation_file(name: str, message: str, **changes: Any) -> Case:
+    return Case(
+        f"lib-compensation-{name}",
+        None,
+        2,
+        message,
+        setup=lambda e: _compensation_file(e, **changes),
+        call=_load_compensation,
+        error=CompensationFileError,
+    )
+
+
+LOADING_CASES: list[Case] = [
+    _crafted_prune("custom-code", "own Python code.*never runs code"),
+    _crafted_prune(
+        "pickle-only", "only pickle weights \\(pytorch_model.bin\\).*safetensors only.*Convert"
+    ),
+    _crafted_prune("index-out", "'../victim.safetensors' leads out of the folder"),
+    _crafted_prune("link-out", "notes.md is a link to .*secret.txt, outside"),
+    _crafted_prune("one-layer-more", "describes 4 layers but the weights hold 3"),
+    _crafted_prune(
+        "billion-layers", "describes 1000000000 layers but the weights hold 3", seconds=5.0
+    ),
+    _crafted_prune(
+        "wrong-width",
+        "does not match the weights: model.embed_tokens.weight is \\[512, 64\\] in the weights, "
+        "\\[512, 4096\\] by the config",
+        seconds=5.0,
+    ),
+    _crafted_prune(
+        "missing-tensor", "missing from the weights: model.layers.1.self_attn.q_proj.weight"
+    ),
+    _crafted_prune("nan-weight", "1 NaN or inf value\\(s\\) in model.layers.1.mlp.up_proj.weight"),
+    _crafted_yaml("alias-bomb", _yaml_bomb()),
+    _crafted_yaml("int-31-digits", "seed: " + "9" * 31 + "\n"),
+    _crafted_yaml("int-5000-digits", "seed: " + "7" * 5000 + "\n"),
+    _crafted_yaml("deep", "n_samples: " + "[" * 5000 + "]" * 5000 + "\n"),
+    _crafted_export("index-out", "'../victim.safetensors' leads out of the folder"),
+    _crafted_export("link-out", "notes.md is a link to .*secret.txt, outside"),
+    _bad_compensation_file(
+        "fractional-heads",
+        "'heads' holds torch.float32 values, not integers",
+        heads=torch.tensor([[0.0, 1.5], [2.0, 3.0]]),
+    ),
+    _bad_compensation_file(
+        "heads-flat",
+        "'heads' has shape \\(4,\\), not \\[n_selected, 2\\]",
+        heads=torch.tensor([0, 1, 2, 3]),
+    ),
+    _bad_compensation_file(
+        "head-out-of-range",
+        "names head \\(7, 1\\) outside the recorded 3 layers x 4 heads",
+        heads=torch.tensor([[7, 1], [2, 3]]),
+    ),
+    _bad_compensation_file(
+        "head-twice", "names a head twice", heads=torch.tensor([[2, 3], [2, 3]])
+    ),
+    _bad_compensation_file(
+        "flag-not-a-bool",
+        "metadata 'use_bias' is 'maybe', not 'True' or 'False'",
+        meta={"use_bias": "maybe"},
+    ),
+]
+CASES += LOADING_CASES
+
+
+def _run_lcc(env: Env, *argv: str) -> subprocess.CompletedProcess:
+    """``python -m lcc_lens.cli.main ARGV`` in the case's folder, answering "y" to any prompt."""
+    return subprocess.run(
+        [sys.executable, "-m", "lcc_lens.cli.main", *argv],
+        input="y\n" * 8,
+        capture_output=True,
+        text=True,
+        cwd=env.tmp,
+        timeout=300,
+    )
+
+
+def test_custom_code_never_runs_even_when_answered_yes(env: Env):
+    """transformers asks "run the custom code? [y/N]" for an unknown architecture with an auto_map;
+    lcc_lens never lets it ask: with "y" waiting on stdin the payload still does not run."""
+    _crafted(env, "custom-code")
+    before = _snapshot(env.tmp, env.dense)
+    done = _run_lcc(env, *PRUNE_CRAFTED(env))
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: "), done.stderr
+    assert "never runs code" in done.stderr and "[y/N]" not in done.stdout + done.stderr
+    assert not (env.tmp / PAYLOAD_FILE).exists(), "the checkpoint's code ran"
+    assert _snapshot(env.tmp, env.dense) == before
+
+
+def test_custom_code_of_a_known_architecture_is_ignored_and_not_copied(env: Env):
+    """A llama checkpoint that also names custom code loads with transformers' own class; neither
+    the prune nor the export carries the code file or its auto_map into what they write."""
+    crafted = _crafted(env, "custom-code-known-type")
+    done = _run_lcc(env, *PRUNE_CRAFTED(env))
+    assert done.returncode == 0, done.stderr
+    assert "never runs it" in done.stderr
+    pruned = env.tmp / "pruned_out"
+    exported = _export(env, crafted)
+    for out in (pruned, exported):
+        assert not list(out.rglob("*.py")), sorted(p.name for p in out.iterdir())
+        for name in ("config.json", "tokenizer_config.json"):
+            assert "auto_map" not in json.loads((out / name).read_text()), (out, name)
+    assert not (env.tmp / PAYLOAD_FILE).exists(), "the checkpoint's code ran"
+
+
+def test_pickle_beside_safetensors_is_never_read(env: Env):
+    from lcc_lens.models import load_causal_lm
+
+    model, _ = load_causal_lm(_crafted(env, "pickle-beside-safetensors"))
+    assert model.config.num_hidden_layers == 3
+    assert not (env.tmp / PAYLOAD_FILE).exists(), "pytorch_model.bin was unpickled"
+
+
+def test_compensation_with_huge_d_head_loads_without_allocating(env: Env):
+    """A small file recording d_head 65536 and no selected head: the loader used to allocate
+    n_layers x n_heads x d_head x d_head floats (17 GB) before looking at the stored tensors."""
+    import resource
+
+    from safetensors.torch import save_file
+
+    from lcc_lens.compensation import Compensation
+
+    d = 65536
+    geometry = {"architecture": "X", "n_layers": 1, "n_heads": 1, "n_kv_heads": 1}
+    geometry.update(d_head=d, d_model=d, d_vocab=8)
+    meta = {"format": "lcc_lens.compensation/1", "geometry": json.dumps(geometry)}
+    meta.update(use_directions="True", use_bias="True")
+    tensors = {
+        "z_offsets": torch.zeros(1, 1, d),
+        "beta": torch.zeros(0, d),
+        "bias": torch.zeros(0, d),
+        "directions": torch.zeros(0, d, d),
+        "heads": torch.zeros(0, 2, dtype=torch.long),
+    }
+    save_file(tensors, str(env.tmp / "c.safetensors"), metadata=meta)
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    start = time.monotonic()
+    comp = Compensation.load(env.tmp / "c.safetensors")
+    assert time.monotonic() - start < 2.0
+    assert comp.n_selected == 0 and comp.z_offsets().shape == (1, 1, d)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+    assert grown_mib < 512, f"loading allocated about {grown_mib:.0f} MiB"
+
+
+# ==== end of issue 25, part A ====================================================================
+
+
 def _params():
     for case in CASES:
         yield pytest.param(case, id=case.id, marks=list(case.marks))
@@ -683,6 +982,7 @@ def test_hostile_input(case: Case, env: Env, capsys):
     if case.setup is not None:
         case.setup(env)
     before = _snapshot(env.tmp, env.dense, env.pruned)
+    start = time.monotonic()
     if case.call is not None:
         assert case.error is not None
         with pytest.raises(case.error) as info:
@@ -697,6 +997,8 @@ def test_hostile_input(case: Case, env: Env, capsys):
         last = err.strip().splitlines()[-1]
         assert last.startswith("error: "), err
         assert re.search(case.message, last, re.IGNORECASE), last
+    if case.seconds is not None:
+        assert time.monotonic() - start < case.seconds, "a crafted input was not refused quickly"
     assert not (env.tmp / PAYLOAD_FILE).exists(), "a crafted checkpoint ran code"
     assert _snapshot(env.tmp, env.dense, env.pruned) == before
 
