@@ -5,17 +5,21 @@ Reads ``analysis/results/ood/records/*.json`` and writes ``analysis/results/ood/
 validation domain that chose the default, then in domain), the NLL gap closed (headline) and the
 perplexity-scale gap as mean +- sd over seeds, the held-out task accuracy gap, and the dense control.
 
-    python -m analysis.ood_report
+    python -m analysis.ood_report                     # in place, and the README's results block
+    python -m analysis.ood_report --out DIR --readme DIR/README.md   # elsewhere (the README a copy)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from lcc_lens.atomic import write_text
 from lcc_lens.evaluation.gap import nll_gap_closed, ppl_gap_closed
 from lcc_lens.evaluation.heldout_tasks import task_gap_closed
 
@@ -300,29 +304,45 @@ def readme_block(summary: dict[str, Any], setting: str) -> str:
     return "\n".join(lines)
 
 
-def update_readme(block: str) -> bool:
-    """Replace the text between the README's ood-results markers; False when the markers are absent."""
-    text = README.read_text(encoding="utf-8")
+def update_readme(block: str, readme: Path = README) -> bool:
+    """Replace the text between ``readme``'s ood-results markers; False when the markers are absent."""
+    text = readme.read_text(encoding="utf-8")
     if BEGIN not in text or END not in text:
         return False
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    README.write_text(head + block + tail, encoding="utf-8")
+    write_text(readme, head + block + tail)
     return True
 
 
-def main() -> int:
-    runs = [json.loads(p.read_text()) for p in sorted((ROOT / "records").glob("*.json"))]
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--records", type=Path, default=ROOT / "records", help="the sweep's JSON records"
+    )
+    ap.add_argument("--out", type=Path, default=ROOT, help="where summary.json and results.md go")
+    ap.add_argument(
+        "--readme", type=Path, default=README, help="the README whose results block is rewritten"
+    )
+    args = ap.parse_args(argv)
+    runs = [json.loads(p.read_text()) for p in sorted(args.records.glob("*.json"))]
+    problem = None
     if not runs:
-        raise SystemExit(
-            f"no records under {ROOT / 'records'}: run python -m analysis.ood_sweep first."
-        )
+        problem = f"no records under {args.records}: run python -m analysis.ood_sweep first."
+    elif not args.readme.is_file():
+        problem = f"--readme {args.readme} does not exist: give the README (or a copy) to update."
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     summary = summarise(runs)
-    (ROOT / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (ROOT / "results.md").write_text(markdown(summary))
-    print(f"wrote {ROOT / 'summary.json'} and {ROOT / 'results.md'}")
-    if README_SETTING in summary and update_readme(readme_block(summary, README_SETTING)):
-        print(f"updated the results block of {README}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_text(args.out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    write_text(args.out / "results.md", markdown(summary))
+    print(f"wrote {args.out / 'summary.json'} and {args.out / 'results.md'}")
+    if README_SETTING in summary and update_readme(
+        readme_block(summary, README_SETTING), args.readme
+    ):
+        print(f"updated the results block of {args.readme}")
     return 0
 
 

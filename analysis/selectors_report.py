@@ -231,9 +231,17 @@ def write_figures(out: Path) -> list[Path]:
 
 
 def write_report(out: Path) -> Path:
+    """Regenerate ``selectors.json``, the probe figures and ``selectors.md`` from ``out``'s records."""
     s = summarise(out)
     write_figures(out)
     write_text(out / "selectors.json", json.dumps(s, indent=1) + "\n")
+    path = out / "selectors.md"
+    write_text(path, report_markdown(s))
+    return path
+
+
+def report_markdown(s: dict[str, Any]) -> str:
+    """``selectors.md`` from :func:`summarise`'s summary."""
     st = s["setup"]
     sig = [
         f"| {key} | {info['mean_accuracy']:.3f} | {info['heads_accuracy_p_below_0.01']} | "
@@ -249,7 +257,7 @@ def write_report(out: Path) -> Path:
         f"| {name} | {_num2(v['jaccard_across_seeds'])} | {_num2(v['jaccard_with_probe'])} |"
         for name, v in s["selection_overlap"].items()
     ]
-    text = "\n".join(
+    return "\n".join(
         [
             "# Head selectors compared: out-of-domain restoration at the same head budget",
             "",
@@ -288,6 +296,3 @@ def write_report(out: Path) -> Path:
             "",
         ]
     )
-    path = out / "selectors.md"
-    write_text(path, text)
-    return path

@@ -56,6 +56,7 @@ __all__ = [
     "Trainable",
     "evaluate_loss",
     "has_checkpoint",
+    "step_gradients",
     "train",
     "train_step",
 ]
@@ -341,15 +342,25 @@ def _passes(
     return out
 
 
-def _step_loss(
+def step_gradients(
     pair: ModelPair,
     method: Trainable,
-    student: Any,
     train_data: Sequence[Encoded],
     cfg: TrainConfig,
     step: int,
+    *,
+    student: Any = None,
 ) -> float:
-    """Forward and backward every micro-batch of ``step`` (this rank's shard); the step's loss."""
+    """Optimizer step ``step``'s gradient, left in ``method``'s trainable parameters; the step's loss.
+
+    Clears the gradients, runs forward and backward on every micro-batch of the step (this rank's
+    shard under torch.distributed) and sums the gradients over ranks: each pass is weighted by its
+    share of the micro-batch's global target tokens, so the result is the token-weighted mean gradient
+    over the whole global batch, the same for any number of processes.
+    """
+    trainable = [p for p in method.parameters() if p.requires_grad]
+    for p in trainable:
+        p.grad = None
     ctx = dist.context()
     loss_sum = 0.0
     for micro in _micro_batches(len(train_data), cfg, step):
@@ -360,6 +371,7 @@ def _step_loss(
             loss_sum += float(loss)
     if ctx.distributed:
         loss_sum = float(dist.all_reduce_sum(torch.tensor([loss_sum], dtype=torch.float64))[0])
+    dist.all_reduce_grads(trainable)
     return loss_sum
 
 
@@ -441,11 +453,9 @@ def train(
     bar = progress(range(start, total), desc="fit", unit="step", initial=start, total=total)
     for step in bar:
         t_step = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss_sum = _step_loss(pair, comp, student, train_data, cfg, step)
+        loss_sum = step_gradients(pair, comp, train_data, cfg, step, student=student)
         if not math.isfinite(loss_sum):
             raise _nonfinite_loss(loss_sum, step, cfg, comp)
-        dist.all_reduce_grads(trainable)
         torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
         opt.step()
         sched.step()

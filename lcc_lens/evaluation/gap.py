@@ -82,11 +82,11 @@ def bootstrap_nll_gap(
         [list(dense_sums), list(pruned_sums), list(restored_sums)], dtype=torch.float64
     )
     tok = torch.tensor(list(counts), dtype=torch.float64)[idx].sum(1)
-    d, p, r = (sums[k][idx].sum(1) / tok for k in range(3))
-    ok = (p - d).abs() > 1e-12
-    if not bool(ok.any()):
+    d, p, r = ((sums[k][idx].sum(1) / tok).tolist() for k in range(3))
+    closed = (nll_gap_closed(*nlls) for nlls in zip(d, p, r, strict=True))
+    gaps = torch.tensor([g for g in closed if g is not None], dtype=torch.float64)
+    if not len(gaps):  # dense and pruned tie on every resample
         return None
-    gaps = ((p - r) / (p - d))[ok]
     alpha = (1 - confidence) / 2
     q = torch.quantile(gaps, torch.tensor([alpha, 1 - alpha], dtype=torch.float64))
     return float(q[0]), float(q[1])

@@ -1,15 +1,21 @@
 """Data-parallel training on torch.distributed: 2 gloo processes on CPU equal one process.
 
 The test launches this file under ``torchrun --nproc_per_node 2`` (the real launcher and process group);
-run as a script, the file is the worker. ``batch_size`` is the global batch, so the two-process run must
-reach the single-process offsets (within 1e-5), and a two-process run interrupted after step 2 and
-resumed by a new two-process launch must reach the uninterrupted two-process offsets exactly.
+run as a script, the file is the worker. ``batch_size`` is the global batch. The examples' response
+lengths differ, so the two ranks' shards of a micro-batch hold different numbers of target tokens: the
+mean over ranks of per-rank means differs from the token-weighted mean, and only the latter reaches the
+single-process gradient. One step's gradient on two processes must equal one process's (tight
+tolerance); the two-process run must reach the single-process offsets and validation losses (within
+1e-5; the validation set spans two batches, one per rank, of different token counts); and a
+two-process run interrupted after step 2 and resumed by a new two-process launch must reach the
+uninterrupted two-process offsets exactly.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -28,15 +34,25 @@ def _setup(dense: str, pruned: str):
     from lcc_lens.training import TrainConfig
 
     pair = ModelPair.load(dense, pruned)
-    data = encode(pair.tokenizer, load_examples("offline", n=10, seed=5), 64)
+    data = encode(pair.tokenizer, load_examples("offline", n=16, seed=5), 128)
+    assert len(data) == 16 and len({sum(e.response_mask) for e in data}) > 8
     directions = torch.linalg.qr(
         torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     )[0].transpose(-1, -2)
     comp = Compensation(pair.geometry, [(0, 1), (1, 0), (1, 3), (2, 2)], directions)
     cfg = TrainConfig(
-        objective="mix", steps=STEPS, batch_size=5, grad_accum=2, lr=3e-2, checkpoint_every=1
+        objective="mix", steps=STEPS, batch_size=4, grad_accum=2, lr=3e-2, checkpoint_every=1
     )
-    return pair, comp, data[:8], data[8:], cfg
+    return pair, comp, data[:10], data[10:], cfg  # 2 epochs of 2 steps; 6 validation examples
+
+
+def _step_grads(pair, comp, train_data, cfg) -> dict[str, torch.Tensor]:
+    """The first optimizer step's gradient of every offset tensor, and the step's loss."""
+    from lcc_lens.training import step_gradients
+
+    loss = step_gradients(pair, comp, train_data, cfg, 0)
+    grads = {n: p.grad.detach().clone() for n, p in comp.named_parameters() if p.requires_grad}
+    return {**grads, "loss": torch.tensor(loss, dtype=torch.float64)}
 
 
 def _stages(pair) -> dict[str, torch.Tensor]:
@@ -84,11 +100,13 @@ def worker(dense: str, pruned: str, out: Path, mode: str) -> None:
     assert got.shape == (2, 3) and got.dtype == torch.bfloat16, (got.shape, got.dtype)
     assert distributed.gather_objects(ctx.rank) == [0, 1]
     if mode == "full":
+        from safetensors.torch import save_file
+
         pair, comp, train_data, val, cfg = _setup(dense, pruned)
+        grads = _step_grads(pair, comp, train_data, cfg)
         stages = _stages(pair)
         if ctx.is_main:
-            from safetensors.torch import save_file
-
+            save_file(grads, str(out / "grads.safetensors"))
             save_file(
                 {k: v.contiguous() for k, v in stages.items()}, str(out / "stages.safetensors")
             )
@@ -123,37 +141,67 @@ def _torchrun(dense, pruned, out: Path, mode: str) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
-def test_two_processes_equal_one_and_resume(llama_pair_dirs, tmp_path):
+@pytest.fixture(scope="module")
+def two_process_run(llama_pair_dirs, tmp_path_factory) -> Path:
+    """One 2-process launch of the worker's ``full`` mode, shared by the tests below."""
+    dense, pruned = llama_pair_dirs
+    out = tmp_path_factory.mktemp("two_processes")
+    _torchrun(dense, pruned, out, "full")
+    return out
+
+
+def test_one_step_gradient_on_two_processes_equals_one(llama_pair_dirs, two_process_run):
+    from safetensors.torch import load_file
+
+    dense, pruned = llama_pair_dirs
+    pair, comp, train_data, _, cfg = _setup(str(dense), str(pruned))
+    single = _step_grads(pair, comp, train_data, cfg)
+    two = load_file(str(two_process_run / "grads.safetensors"))
+    assert sorted(two) == sorted(single)
+    for name, value in single.items():
+        assert value.abs().max() > 0, name
+        assert torch.allclose(two[name], value, rtol=1e-5, atol=1e-9), (
+            name,
+            (two[name] - value).abs().max(),
+        )
+
+
+def test_two_processes_equal_one_and_resume(llama_pair_dirs, two_process_run):
     from safetensors.torch import load_file
 
     from lcc_lens.training import train
 
     dense, pruned = llama_pair_dirs
+    out = two_process_run
     pair, comp, train_data, val, cfg = _setup(str(dense), str(pruned))
     single_history = train(pair, comp, train_data, val, cfg)
     single = comp.z_offsets().detach()
     assert single.abs().max() > 1e-3  # the fit moved the offsets
     single_stages = _stages(pair)
 
-    _torchrun(dense, pruned, tmp_path, "full")
-    gathered = load_file(str(tmp_path / "stages.safetensors"))
+    gathered = load_file(str(out / "stages.safetensors"))
     for name, value in single_stages.items():  # every rank streamed its shard; the merge is global
         assert gathered[name].shape == value.shape, name
         assert torch.allclose(gathered[name], value, atol=1e-5, rtol=1e-5), name
-    full = load_file(str(tmp_path / "full.safetensors"))["z_offsets"]
+    full = load_file(str(out / "full.safetensors"))["z_offsets"]
     assert torch.allclose(full, single, atol=1e-5, rtol=0), (full - single).abs().max()
-    history = json.loads((tmp_path / "full.json").read_text())
+    history = json.loads((out / "full.json").read_text())
     assert [round(h["loss"], 4) for h in history] == [round(h["loss"], 4) for h in single_history]
-    assert (tmp_path / "full" / "checkpoint.safetensors").is_file()
+    # validation ran at both epoch ends, sharded over the ranks, and agrees with one process
+    val_single = [h["val_loss"] for h in single_history if "val_loss" in h]
+    val_two = [h["val_loss"] for h in history if "val_loss" in h]
+    assert len(val_single) == 2 and all(math.isfinite(v) for v in val_single + val_two)
+    assert val_two == pytest.approx(val_single, rel=1e-5, abs=0)
+    assert (out / "full" / "checkpoint.safetensors").is_file()
 
     # the stopped run left a checkpoint at step 2; a new 2-process launch finishes it exactly
     from lcc_lens.checkpoint import load_checkpoint
 
-    assert load_checkpoint(tmp_path / "resumed" / "checkpoint.safetensors")["step"] == 2
-    _torchrun(dense, pruned, tmp_path, "resume")
-    resumed = load_file(str(tmp_path / "resumed.safetensors"))["z_offsets"]
+    assert load_checkpoint(out / "resumed" / "checkpoint.safetensors")["step"] == 2
+    _torchrun(dense, pruned, out, "resume")
+    resumed = load_file(str(out / "resumed.safetensors"))["z_offsets"]
     assert torch.equal(resumed, full)
-    assert json.loads((tmp_path / "resumed.json").read_text()) == history
+    assert json.loads((out / "resumed.json").read_text()) == history
 
 
 if __name__ == "__main__":  # a rank under torchrun

@@ -70,31 +70,50 @@ def test_scoring_all_windows_equals_exact_perplexity(model, tok, docs):
     assert a == pytest.approx(b, rel=1e-5)
 
 
+def _nll_by_hand(logits_fn, windows) -> float:
+    """Mean next-token NLL (nats per token) over ``windows``, from first principles."""
+    ids = torch.tensor([w.input_ids for w in windows])
+    targets = torch.tensor([w.targets for w in windows])
+    with torch.no_grad():
+        logp = torch.log_softmax(logits_fn(ids).double(), dim=-1)
+    return float(-logp.gather(-1, targets[..., None]).sum() / targets.numel())
+
+
 def test_models_share_windows_and_gap_is_on_the_nll_scale(model, tok, docs):
-    def worse(ids):  # a flatter next-token distribution: clearly higher NLL
+    def dense(ids):
+        return model(ids).logits
+
+    def worse(ids):  # a flatter next-token distribution: another NLL
         return 0.2 * model(ids).logits
 
     def mixed(ids):
         return 0.6 * model(ids).logits
 
+    models = {"dense": dense, "pruned": worse, "restored": mixed}
     cfg = ProtocolConfig(context_length=16, windows=12, bootstrap=200)
-    res = evaluate(
-        {"dense": model, "pruned": worse, "restored": mixed},
-        tok,
-        {"a": docs[:4], "b": docs[4:]},
-        cfg,
-        roles={"b": "test", "a": "in_domain"},
-    )
+    texts = {"a": docs[:4], "b": docs[4:]}
+    res = evaluate(models, tok, texts, cfg, roles={"b": "test", "a": "in_domain"})
     assert [d.domain for d in res.ordered()] == ["b", "a"]  # out of domain first
-    for d in res.domains.values():
-        assert len({len(v) for v in d.nll_sums.values()}) == 1
-        g = res.gap("restored", d.domain)
+    for name, d in res.domains.items():
+        windows, _ = sample_windows(tok, texts[name], cfg)
+        assert d.tokens_per_window == tuple(len(w.targets) for w in windows)
+        by_hand = {label: _nll_by_hand(fn, windows) for label, fn in models.items()}
+        for label, value in by_hand.items():  # every model scored on the same windows
+            assert d.nll(label) == pytest.approx(value, rel=1e-6), label
+        dense_nll, pruned_nll, restored_nll = (
+            by_hand["dense"],
+            by_hand["pruned"],
+            by_hand["restored"],
+        )
+        assert abs(pruned_nll - dense_nll) > 1e-2  # a real gap to close
+        g = res.gap("restored", name)
+        # the headline: the share of the pruned-minus-dense NLL gap that the restored model removes
         assert g.nll == pytest.approx(
-            nll_gap_closed(d.nll("dense"), d.nll("pruned"), d.nll("restored"))
+            (pruned_nll - restored_nll) / (pruned_nll - dense_nll), rel=1e-5
         )
-        assert g.ppl == pytest.approx(
-            ppl_gap_closed(d.nll("dense"), d.nll("pruned"), d.nll("restored"))
-        )
+        # the secondary column: the same share on raw perplexities
+        pd, pp, pr = (math.exp(v) for v in (dense_nll, pruned_nll, restored_nll))
+        assert g.ppl == pytest.approx((pp - pr) / (pp - pd), rel=1e-5)
         assert g.nll_low is not None and g.nll_low <= g.nll <= g.nll_high
     table = markdown(res)
     assert table.index("| b | test") < table.index("| a | in_domain")
