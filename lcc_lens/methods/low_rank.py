@@ -145,6 +145,7 @@ class LowRankUpdate(OverrideMethod):
 class MaskedLoRA(LowRankUpdate):
     """W' = W + where(M, s B A, 0): the LoRA update restricted to the pruned weight's nonzeros."""
 
+    name = "masked_lora"
     masked = True
     default_lr = 3e-3
     """Untuned: the rate ``analysis.bench_lr`` chose for the unmasked ``lora_r8`` on the validation domain."""
