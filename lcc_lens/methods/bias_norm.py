@@ -71,7 +71,12 @@ class BiasNorm(OverrideMethod):
 
         out, _route = with_output_bias(clean_copy(model))
         _prefix, layers = find_decoder_layers(out)
-        enable_output_biases(out, layers)
+        if hasattr(layers[0], "self_attn") and hasattr(
+            getattr(layers[0], "mlp", None), "down_proj"
+        ):
+            enable_output_biases(
+                out, layers
+            )  # Llama-style layers: a down_proj bias where it can be
         out.requires_grad_(False)
         return out.eval()
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from lcc_lens.errors import ExportError
+from lcc_lens.errors import ConfigError, ExportError
 from lcc_lens.methods.base import decoder_linears
 from lcc_lens.methods.overrides import OverrideMethod, module_key, norm_parameters, trainable_copies
 
@@ -51,6 +51,11 @@ class MaskedFullFT(OverrideMethod):
 
     def build(self, model: PreTrainedModel, ctx: MethodContext) -> None:
         linears = {f"{n}.weight": m.weight for n, m in decoder_linears(model).items()}
+        if not linears:
+            raise ConfigError(
+                f"{type(model).__name__} has no nn.Linear in its decoder layers (GPT-2's Conv1D is not "
+                f"supported); {self.name} retrains Llama-style linear projections."
+            )
         norms = norm_parameters(model)
         self.weight_names, self.norm_names = list(linears), list(norms)
         self.weights = trainable_copies(linears)

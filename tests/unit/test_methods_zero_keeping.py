@@ -191,3 +191,32 @@ def test_training_checkpoint_restores_the_method(ctx, tmp_path):
     train(ctx.pair, again, ctx.train_encoded, [], cfg, run_dir=tmp_path, resume=True)
     for (k, x), y in zip(first.state_dict().items(), again.state_dict().values(), strict=True):
         assert torch.equal(x, y), k
+
+
+@pytest.mark.parametrize("layout", ["qwen2", "qwen3", "mistral", "gpt2"])
+def test_other_layouts_merge_exactly_or_are_refused(layout, tiny_dirs, method_context):
+    """Qwen2 / Mistral take the as-Llama o_proj-bias route, Qwen3 has no down_proj bias, GPT-2 no q/k/v/o."""
+    from lcc_lens.bench.measure import sparsity_kept
+    from lcc_lens.errors import ConfigError
+
+    ctx = method_context(*tiny_dirs[layout])
+    ids = torch.randint(1, 500, (2, 16), generator=torch.Generator().manual_seed(0))
+    names = ["perp_bias_norm"] if layout == "gpt2" else ["perp_bias_norm", "masked_lora_r8"]
+    for name in names:
+        method = make_method(name)
+        method.prepare(ctx)
+        with torch.no_grad():
+            for p in method.trainable_parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(2)))
+        with torch.no_grad(), method.attach(None) as model:
+            attached = model(ids, return_type="logits")
+        merged = method.export(ctx.pruned_model())
+        with torch.no_grad():
+            assert (merged(ids).logits - attached).abs().max() <= 1e-4, name
+        assert sparsity_kept(ctx.pruned_model(), merged) == 1.0
+        if name == "perp_bias_norm":  # Qwen3 has no mlp_bias switch, GPT-2 no down_proj
+            down = method.describe()["tensors"]["down_proj"]
+            assert down == (3 if layout in ("qwen2", "mistral") else 0)
+    if layout == "gpt2":
+        with pytest.raises(ConfigError, match="q_proj"):
+            make_method("masked_lora_r8").prepare(ctx)
