@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
 from lcc_lens.errors import ConfigError, ExportError
@@ -58,7 +59,7 @@ class LowRankFactor(nn.Module):
         rank: int,
         scale: float,
         generator: torch.Generator,
-        mask: Tensor | None = None,
+        mask: Bool[Tensor, "d_out d_in"] | None = None,
     ) -> None:
         super().__init__()
         bound = 1.0 / d_in**0.5  # LoRA's A init (kaiming-uniform with a = sqrt(5))
@@ -67,7 +68,7 @@ class LowRankFactor(nn.Module):
         self.scale = scale
         self.register_buffer("mask", None if mask is None else mask.detach().bool().clone())
 
-    def product(self) -> Tensor:
+    def product(self) -> Float[Tensor, "d_out d_in"]:
         """s * B A (d_out x d_in), fp32."""
         return (self.B @ self.A) * self.scale
 
@@ -121,7 +122,10 @@ class LowRankUpdate(OverrideMethod):
             self.weight_names.append(f"{name}.weight")
         logger.info("%s: rank %d on %d projections", self.name, self.rank, len(found))
 
-    def combine(self, w: Tensor, factor: LowRankFactor) -> Tensor:
+    def combine(
+        self, w: Float[Tensor, "d_out d_in"], factor: LowRankFactor
+    ) -> Float[Tensor, "d_out d_in"]:
+        """The updated weight from the frozen one and its factor."""
         raise NotImplementedError
 
     def replaced(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -150,7 +154,9 @@ class MaskedLoRA(LowRankUpdate):
     default_lr = 3e-3
     """Untuned: the rate ``analysis.bench_lr`` chose for the unmasked ``lora_r8`` on the validation domain."""
 
-    def combine(self, w: Tensor, factor: LowRankFactor) -> Tensor:
+    def combine(
+        self, w: Float[Tensor, "d_out d_in"], factor: LowRankFactor
+    ) -> Float[Tensor, "d_out d_in"]:
         return w + torch.where(factor.mask, factor.product(), 0.0)
 
     def check_fits(self, params: Mapping[str, Tensor]) -> None:
@@ -199,5 +205,7 @@ class SPPR8(LowRankUpdate):
     """Untuned: the update is relative to |W|, whose entries are far below 1 in a trained model, so it
     takes a larger step than the additive LoRA's to move the weights as far (the largest existing default)."""
 
-    def combine(self, w: Tensor, factor: LowRankFactor) -> Tensor:
+    def combine(
+        self, w: Float[Tensor, "d_out d_in"], factor: LowRankFactor
+    ) -> Float[Tensor, "d_out d_in"]:
         return w + factor.product() * w

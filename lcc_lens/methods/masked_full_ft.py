@@ -1,12 +1,13 @@
 """Every surviving weight retrained with the pruning mask fixed: the ceiling of zero-keeping restoration.
 
-Shin et al. (EMNLP 2024) retrain all surviving weights of a pruned LLaMA this way; it is what the cheaper
-zero-keeping methods (LCC, biases and norms, masked adapters) are bounded by at a given budget, reported as
-such and not as a product default. Trained: an fp32 copy of every linear weight of the decoder layers and
-every normalisation parameter (embeddings and the LM head stay frozen). The zeros stay exactly zero three
-ways: a gradient hook zeroes the gradient at every pruned position (so AdamW's moments and update there are
-exactly zero), the weights are re-masked whenever the method is attached (that is after every optimizer
-step, before the next forward) or exported, and the export checks it.
+Shin et al. (EMNLP 2024) retrain all surviving weights of a pruned LLaMA this way; it is the reference the
+cheaper zero-keeping methods (LCC, biases and norms, masked adapters) are read against, reported as such and
+not as a product default (at a small budget and an untuned rate it need not beat them). Trained: an fp32
+copy of every linear weight of the decoder layers and every normalisation parameter (embeddings and the LM
+head stay frozen). The zeros stay exactly zero three ways: a gradient hook zeroes the gradient at every
+pruned position (so AdamW's moments and update there are exactly zero), the weights are re-masked whenever
+the method is attached (that is after every optimizer step, before the next forward) or exported, and the
+export refuses a model whose zeros are not the mask's.
 
 ``n_trainable`` counts the free scalars (surviving weights plus norm parameters); the optimizer holds the
 full matrices (``stored_params`` in ``describe``): on SmolLM2-135M, 106 M weights of which about half are
