@@ -102,3 +102,25 @@ def tiny_dirs(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
 @pytest.fixture(scope="session")
 def llama_pair_dirs(tiny_dirs) -> tuple[Path, Path]:
     return tiny_dirs["llama"]
+
+
+@pytest.fixture(scope="session")
+def method_context():
+    """Factory ``(dense_dir, pruned_dir) -> MethodContext`` with the small fit data the method tests share."""
+    from lcc_lens.data import DataConfig, encode, fit_data
+    from lcc_lens.fit import FitConfig
+    from lcc_lens.methods import MethodContext
+    from lcc_lens.models import ModelPair
+    from lcc_lens.probe_data import ProbeDataConfig
+    from lcc_lens.training import TrainConfig
+
+    data = fit_data(DataConfig(n_train=24, n_diff_prompts=16, n_probe=16), seed=0)
+
+    def make(dense: Path, pruned: Path) -> MethodContext:
+        pair = ModelPair.load(str(dense), str(pruned))
+        enc = encode(pair.tokenizer, data.train, 96)
+        cfg = TrainConfig(steps=2, batch_size=4)
+        fit = FitConfig(probe=ProbeDataConfig(n_pairs=24))
+        return MethodContext(pair, str(dense), str(pruned), data, enc, cfg, seed=0, fit=fit)
+
+    return make

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from lcc_lens.errors import ConfigError
-from lcc_lens.methods import METHOD_NAMES
+from lcc_lens.methods import METHOD_NAMES, ZERO_KEEPING_PEERS
 from lcc_lens.pruning import PruneConfig
 
 SETTINGS: dict[str, PruneConfig] = {
@@ -16,6 +16,8 @@ SETTINGS: dict[str, PruneConfig] = {
 }
 """The paper's three settings: unstructured 50 % (Wanda), 2:4 (SparseGPT), structured 20 % (FLAP, mask)."""
 
+DEFAULT_METHODS: tuple[str, ...] = tuple(m for m in METHOD_NAMES if m not in ZERO_KEEPING_PEERS)
+"""The full run's methods: those of the committed tables (the zero-keeping peers run with ``--methods``)."""
 DEFAULT_OUT = "analysis/results/bench"
 QUICK_SETTING = "magnitude_quick_50"
 QUICK_SELF_TOKENS = 16
@@ -42,7 +44,11 @@ class BenchConfig:
         metadata=_help("an already pruned checkpoint dir (then exactly one setting names it)"),
     )
     methods: tuple[str, ...] = field(
-        default=METHOD_NAMES, metadata=_help(f"restoration methods, from {list(METHOD_NAMES)}")
+        default=DEFAULT_METHODS,
+        metadata=_help(
+            f"restoration methods, from {list(METHOD_NAMES)}; default: all but "
+            f"{list(ZERO_KEEPING_PEERS)} (--quick: all)"
+        ),
     )
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata=_help("seeds (3 or more for sd)"))
     steps: int = field(default=16, metadata=_help("optimizer steps of every trained method"))
@@ -159,6 +165,7 @@ class BenchConfig:
 
 
 QUICK_VALUES: dict[str, Any] = {
+    "methods": METHOD_NAMES,
     "seeds": (0, 1),
     "steps": 3,
     "batch_size": 4,

@@ -1,13 +1,17 @@
 """Restoration methods of the benchmark behind one interface (prepare, parameters, attach, export).
 
 ``METHOD_NAMES`` lists them in the order the benchmark reports them; :func:`make_method` builds one.
-peft is imported only when a LoRA/DoRA method is prepared.
+peft is imported only when a LoRA/DoRA method is prepared. ``ZERO_KEEPING_PEERS`` are the weight-level
+methods whose merge keeps every zero of the pruned model (masked LoRA, SPP, biases and norms, masked full
+retraining); the committed benchmark tables predate them, so the full benchmark runs them on request
+(``--methods``) and ``--quick`` runs every method.
 """
 
 from __future__ import annotations
 
 from lcc_lens.errors import ConfigError
 from lcc_lens.methods.base import HFLogits, RestorationMethod
+from lcc_lens.methods.bias_norm import BiasNorm
 from lcc_lens.methods.context import MethodContext
 from lcc_lens.methods.head_offsets import (
     LCC,
@@ -17,6 +21,8 @@ from lcc_lens.methods.head_offsets import (
     LostComponent,
 )
 from lcc_lens.methods.lofit import LoFiT
+from lcc_lens.methods.low_rank import SPPR8, MaskedLoRAMatched, MaskedLoRAR8
+from lcc_lens.methods.masked_full_ft import MaskedFullFT
 from lcc_lens.methods.mean_bias import MeanBias
 from lcc_lens.methods.peft_adapters import DoRAMatched, DoRAR8, LoRAMatched, LoRAR8
 
@@ -34,10 +40,25 @@ _REGISTRY: dict[str, type[RestorationMethod]] = {
         LoRAR8,
         DoRAMatched,
         DoRAR8,
+        MaskedLoRAMatched,
+        MaskedLoRAR8,
+        SPPR8,
+        BiasNorm,
+        MaskedFullFT,
     )
 }
 METHOD_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 """Every method name the benchmark accepts (``dense`` and ``pruned`` are reference rows, not methods)."""
+
+
+ZERO_KEEPING_PEERS: tuple[str, ...] = (
+    MaskedLoRAMatched.name,
+    MaskedLoRAR8.name,
+    SPPR8.name,
+    BiasNorm.name,
+    MaskedFullFT.name,
+)
+"""The zero-keeping weight-level peers (issue 24), last in ``METHOD_NAMES``."""
 
 
 def make_method(name: str) -> RestorationMethod:
@@ -49,6 +70,7 @@ def make_method(name: str) -> RestorationMethod:
 
 __all__ = [
     "METHOD_NAMES",
+    "ZERO_KEEPING_PEERS",
     "HFLogits",
     "MethodContext",
     "RestorationMethod",

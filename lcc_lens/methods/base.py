@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -80,10 +80,20 @@ class RestorationMethod(nn.Module):
 
 
 class HFLogits:
-    """Wraps a plain HF causal LM so it is called like a bridge: ``m(ids, attention_mask=, return_type=)``."""
+    """Wraps a plain HF causal LM so it is called like a bridge: ``m(ids, attention_mask=, return_type=)``.
 
-    def __init__(self, model: nn.Module) -> None:
+    ``params``, when given, is called on every forward for tensors that stand in for some of the model's
+    parameters (by name) during that forward only (``torch.func.functional_call``): the model object is
+    never changed, so there is nothing to undo.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        params: Callable[[], Mapping[str, torch.Tensor]] | None = None,
+    ) -> None:
         self.model = model
+        self.params = params
 
     def __call__(
         self,
@@ -93,7 +103,10 @@ class HFLogits:
     ) -> torch.Tensor:
         if return_type != "logits":
             raise ConfigError(f"only return_type='logits' is supported, got {return_type!r}.")
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.params is None:
+            return self.model(**inputs).logits
+        return torch.func.functional_call(self.model, dict(self.params()), (), inputs).logits
 
 
 def clean_copy(model: PreTrainedModel) -> PreTrainedModel:
@@ -101,6 +114,29 @@ def clean_copy(model: PreTrainedModel) -> PreTrainedModel:
     out = copy.deepcopy(model).eval()
     for p in out.parameters():
         p.requires_grad_(False)
+    return out
+
+
+def decoder_linears(
+    model: nn.Module,
+    *,
+    layers: Sequence[int] | None = None,
+    names: Collection[str] | None = None,
+) -> dict[str, nn.Linear]:
+    """The ``nn.Linear`` modules inside the decoder layers of a clean HF model, by full module name.
+
+    ``layers``: only those layer indices; ``names``: only modules whose last name part is listed
+    (``q_proj``, ``down_proj``, ...). Default: every linear layer of every decoder layer.
+    """
+    from lcc_lens.pruning import find_decoder_layers
+
+    prefix, blocks = find_decoder_layers(model)
+    chosen = range(len(blocks)) if layers is None else layers
+    out: dict[str, nn.Linear] = {}
+    for i in chosen:
+        for name, module in blocks[i].named_modules():
+            if isinstance(module, nn.Linear) and (names is None or name.rsplit(".")[-1] in names):
+                out[f"{prefix}.{i}.{name}"] = module
     return out
 
 

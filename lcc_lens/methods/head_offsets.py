@@ -55,6 +55,14 @@ class HeadOffsetMethod(RestorationMethod):
         self.compensation = comp.to(ctx.device)
         self._prepared = True
 
+    def planned_trainable(self, ctx: MethodContext) -> int:
+        """The trainable count ``prepare(ctx)`` gives, without running the stages (for matched sizes)."""
+        if not self.trains:
+            return 0
+        g = ctx.geometry
+        heads = g.n_total_heads if self.selection == "all" else ctx.n_heads()
+        return heads * g.d_head * (int(self.use_directions) + int(self.use_bias))
+
     @contextlib.contextmanager
     def attach(self, bridge: Any) -> Iterator[Any]:
         self.check_prepared()

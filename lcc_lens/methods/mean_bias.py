@@ -18,7 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from lcc_lens.errors import ExportError
-from lcc_lens.methods.base import RestorationMethod, clean_copy, forward_hook_context
+from lcc_lens.methods.base import (
+    RestorationMethod,
+    clean_copy,
+    decoder_linears,
+    forward_hook_context,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -27,19 +32,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 _BRIDGE_WRAP = "._original_component"
-
-
-def decoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    """Every ``nn.Linear`` inside the decoder layers of a clean HF model, by full module name."""
-    from lcc_lens.pruning import find_decoder_layers
-
-    prefix, layers = find_decoder_layers(model)
-    out: dict[str, nn.Linear] = {}
-    for i, layer in enumerate(layers):
-        for name, module in layer.named_modules():
-            if isinstance(module, nn.Linear):
-                out[f"{prefix}.{i}.{name}"] = module
-    return out
 
 
 @torch.no_grad()

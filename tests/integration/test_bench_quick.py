@@ -1,4 +1,7 @@
-"""``lcc bench --quick``: every method end to end on a tiny random model, resume, outputs, CLI."""
+"""``lcc bench --quick``: every method end to end on a tiny random model, resume, outputs, CLI.
+
+``--quick`` runs every registered method, the zero-keeping peers too (a full run leaves them out unless
+``--methods`` names them: the committed tables predate them)."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from lcc_lens.bench.config import QUICK_SETTING
 from lcc_lens.bench.results import GAP_KEYS, markdown_table
 from lcc_lens.bench.summary import SUMMARY_NAME, load_payloads, summary_markdown
 from lcc_lens.fit import FitConfig
-from lcc_lens.methods import METHOD_NAMES
+from lcc_lens.methods import METHOD_NAMES, ZERO_KEEPING_PEERS
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +54,13 @@ def test_quick_runs_every_method_with_the_required_fields(quick):
     assert rows["lost_component"]["trainable_params"] == 0
     assert rows["lora_r8"]["trainable_params"] > 50 * rows["lcc"]["trainable_params"]
     assert rows["lora_matched"]["trainable_params"] < 2 * rows["lcc"]["trainable_params"]
+    # the zero-keeping peers: r = 8 on q, k, v, o has LoRA r8's count; matched is near lcc's
+    assert rows["masked_lora_r8"]["trainable_params"] == rows["lora_r8"]["trainable_params"]
+    assert rows["spp_r8"]["trainable_params"] == rows["lora_r8"]["trainable_params"]
+    assert rows["masked_lora_matched"]["trainable_params"] < 2 * rows["lcc"]["trainable_params"]
+    # 3 layers of d_model 64: o_proj and down_proj biases, 2 RMSNorms per layer and the final one
+    assert rows["perp_bias_norm"]["trainable_params"] == 3 * 2 * 64 + 7 * 64
+    assert rows["masked_full_ft"]["trainable_params"] > rows["lora_r8"]["trainable_params"]
     # every method trains on the fit's own examples: corpus plus self-written text
     assert payload["training_text"]["fit_text"] == FitConfig().data.fit_text == "corpus_self"
     assert payload["training_text"]["examples_per_seed_run_here"] == {0: 24, 1: 24}
@@ -62,10 +72,20 @@ def test_sparsity_kept_is_measured(quick):
     rows = {r["method"]: r for r in payload["rows"]}
     assert rows["pruned"]["sparsity_kept"] == 1.0
     assert rows["dense"]["sparsity_kept"] < 0.01  # the dense weights are not zero there
-    for name in ("lcc", "lcc_paper", "lofit", "mean_bias", "lost_component", "bias_all_heads"):
-        assert rows[name]["sparsity_kept"]["mean"] == 1.0
+    head_level = ("lcc", "lcc_paper", "lofit", "mean_bias", "lost_component", "bias_all_heads")
+    for name in (*head_level, *ZERO_KEEPING_PEERS):
+        assert rows[name]["sparsity_kept"]["mean"] == 1.0, name
     for name in ("lora_r8", "dora_r8", "lora_matched", "dora_matched"):
         assert rows[name]["sparsity_kept"]["mean"] < 1.0
+
+
+def test_peers_moved_the_model(quick):
+    """Each zero-keeping peer's merged export scores differently from the pruned model on every seed."""
+    _cfg, payload, _ = quick
+    rows = {r["method"]: r for r in payload["rows"]}
+    for name in ZERO_KEEPING_PEERS:
+        gap = rows[name]["ood_nll_gap_closed"]["seeds"]
+        assert all(g is not None and g != 0.0 for g in gap), (name, gap)
 
 
 def test_outputs_are_generated_from_the_json(quick):

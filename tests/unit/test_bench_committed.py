@@ -31,3 +31,19 @@ def test_summary_is_generated_from_the_jsons():
         pytest.skip("no committed benchmark")
     text = (BENCH / SUMMARY_NAME).read_text(encoding="utf-8")
     assert text == summary_markdown(load_payloads(BENCH))
+
+
+def test_the_full_run_default_methods_are_the_committed_tables():
+    """Each committed table's ``command`` relies on the default methods, so new methods stay out of them."""
+    from lcc_lens.bench.config import DEFAULT_METHODS, BenchConfig, with_quick_defaults
+    from lcc_lens.methods import METHOD_NAMES, ZERO_KEEPING_PEERS
+
+    for path in sorted(BENCH.glob("*.json")):
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        if "--methods" not in payload["command"]:
+            assert tuple(payload["config"]["methods"]) == DEFAULT_METHODS, path.name
+    assert BenchConfig().methods == DEFAULT_METHODS
+    assert not set(DEFAULT_METHODS) & set(ZERO_KEEPING_PEERS)
+    assert with_quick_defaults(BenchConfig(quick=True)).methods == METHOD_NAMES
+    chosen = BenchConfig(quick=True, methods=("spp_r8",))
+    assert with_quick_defaults(chosen).methods == ("spp_r8",)

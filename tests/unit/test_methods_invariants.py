@@ -3,7 +3,8 @@
 For each method: the merged export reproduces the attached model (fp32, max |logit diff| <= 1e-4), the
 attached model really differs from the pruned one, a zero (freshly initialised) compensation is a no-op,
 attach always removes its hooks, the export survives save/load, and ``sparsity_kept`` is measured: the
-head-level methods keep every zero, LoRA/DoRA merges fill some.
+head-level methods and the zero-keeping peers (masked LoRA, SPP, biases and norms, masked full retraining)
+keep every zero, LoRA/DoRA merges fill some. For the peers every zero is also checked tensor by tensor.
 """
 
 from __future__ import annotations
@@ -12,12 +13,8 @@ import pytest
 import torch
 
 from lcc_lens.bench.measure import sparsity_kept
-from lcc_lens.data import DataConfig, encode, fit_data
-from lcc_lens.fit import FitConfig
-from lcc_lens.methods import METHOD_NAMES, MethodContext, make_method
-from lcc_lens.models import ModelPair, load_causal_lm
-from lcc_lens.probe_data import ProbeDataConfig
-from lcc_lens.training import TrainConfig
+from lcc_lens.methods import METHOD_NAMES, ZERO_KEEPING_PEERS, MethodContext, make_method
+from lcc_lens.models import load_causal_lm
 
 TOL = 1e-4
 KEEP_ZEROS = {
@@ -28,26 +25,14 @@ KEEP_ZEROS = {
     "lost_component",
     "mean_bias",
     "lofit",
+    *ZERO_KEEPING_PEERS,
 }
 FILL_ZEROS = {"lora_matched", "lora_r8", "dora_matched", "dora_r8"}
 
 
 @pytest.fixture(scope="module")
-def data():
-    return fit_data(DataConfig(n_train=24, n_diff_prompts=16, n_probe=16), seed=0)
-
-
-def _context(dense, pruned, data) -> MethodContext:
-    pair = ModelPair.load(str(dense), str(pruned))
-    enc = encode(pair.tokenizer, data.train, 96)
-    cfg = TrainConfig(steps=2, batch_size=4)
-    fit = FitConfig(probe=ProbeDataConfig(n_pairs=24))
-    return MethodContext(pair, str(dense), str(pruned), data, enc, cfg, seed=0, fit=fit)
-
-
-@pytest.fixture(scope="module")
-def ctx(llama_pair_dirs, data) -> MethodContext:
-    return _context(*llama_pair_dirs, data)
+def ctx(llama_pair_dirs, method_context) -> MethodContext:
+    return method_context(*llama_pair_dirs)
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +84,23 @@ def test_export_reproduces_attached_model_and_keeps_or_fills_zeros(name, ctx, id
     assert (again - exported).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("name", ZERO_KEEPING_PEERS)
+def test_zero_keeping_peer_keeps_every_zero_and_changes_the_rest(name, ctx):
+    method = make_method(name)
+    method.prepare(ctx)
+    _perturb(method)
+    pruned = ctx.pruned_model()
+    merged = dict(method.export(pruned).named_parameters())
+    changed = 0
+    for n, p in pruned.named_parameters():
+        q = merged[n]
+        zeros = p == 0
+        if zeros.any():
+            assert torch.all(q[zeros] == 0), f"{name} filled zeros of {n}"
+        changed += int((q != p).sum())
+    assert changed > 0, f"{name} changed nothing"
+
+
 @pytest.mark.parametrize("name", [n for n in METHOD_NAMES if make_method(n).trains])
 def test_fresh_trainable_method_is_a_no_op(name, ctx, ids):
     method = make_method(name)
@@ -113,9 +115,11 @@ def test_fresh_trainable_method_is_a_no_op(name, ctx, ids):
 
 
 @pytest.mark.parametrize("name", ["lost_component", "mean_bias"])
-def test_training_free_method_is_a_no_op_without_pruning(name, llama_pair_dirs, data, ids):
+def test_training_free_method_is_a_no_op_without_pruning(
+    name, llama_pair_dirs, method_context, ids
+):
     dense, _ = llama_pair_dirs
-    ctx = _context(dense, dense, data)
+    ctx = method_context(dense, dense)
     method = make_method(name)
     method.prepare(ctx)
     assert method.n_trainable == 0
