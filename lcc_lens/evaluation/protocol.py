@@ -45,6 +45,13 @@ class ProtocolConfig:
     windows: int = field(
         default=40, metadata={"help": "windows drawn per domain (all of them when fewer exist)"}
     )
+    in_domain_windows: int | None = field(
+        default=None,
+        metadata={
+            "help": "windows drawn per in-domain domain, at most windows (none: windows); the "
+            "out-of-domain test and validation domains always get windows"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seed of the window draw and the bootstrap"})
     batch_size: int = field(default=8, metadata={"help": "windows per forward pass"})
     bootstrap: int = field(
@@ -56,12 +63,23 @@ class ProtocolConfig:
         for name in ("context_length", "windows", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"ProtocolConfig.{name} must be >= 1, got {getattr(self, name)}.")
+        if self.in_domain_windows is not None and self.in_domain_windows < 1:
+            raise ConfigError(
+                f"ProtocolConfig.in_domain_windows must be >= 1 or none, got {self.in_domain_windows}."
+            )
         if self.bootstrap < 0:
             raise ConfigError(f"ProtocolConfig.bootstrap must be >= 0, got {self.bootstrap}.")
         if not 0 < self.confidence < 1:
             raise ConfigError(
                 f"ProtocolConfig.confidence must be in (0, 1), got {self.confidence}."
             )
+
+    def windows_for(self, role: str) -> int:
+        """How many windows a domain of ``role`` gets (fewer in domain, where the headline is not;
+        never more than ``windows``)."""
+        if role == "in_domain" and self.in_domain_windows is not None:
+            return min(self.in_domain_windows, self.windows)
+        return self.windows
 
 
 @dataclass(frozen=True)
@@ -81,16 +99,17 @@ def prefix_token(tokenizer: Any) -> int:
 
 
 def sample_windows(
-    tokenizer: Any, documents: Sequence[str], cfg: ProtocolConfig
+    tokenizer: Any, documents: Sequence[str], cfg: ProtocolConfig, role: str = "test"
 ) -> tuple[list[Window], int]:
-    """``cfg.windows`` windows drawn with ``cfg.seed`` across the whole text; also the number available."""
+    """``cfg.windows_for(role)`` windows drawn with ``cfg.seed`` across the whole text; also the number
+    available."""
     text = "\n\n".join(d.strip() for d in documents if d.strip())
     if not text:
         raise DataError("no held-out text to score: the domain's documents are empty.")
     tokens = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     L = cfg.context_length
     starts = list(range(0, len(tokens) - L + 1, L)) or [0]
-    chosen = sorted(random.Random(cfg.seed).sample(starts, min(cfg.windows, len(starts))))
+    chosen = sorted(random.Random(cfg.seed).sample(starts, min(cfg.windows_for(role), len(starts))))
     prefix = prefix_token(tokenizer)
     out = []
     for s in chosen:
@@ -286,7 +305,8 @@ def evaluate(
     roles = roles or {}
     out: dict[str, DomainScores] = {}
     for domain, docs in texts_by_domain.items():
-        windows, available = sample_windows(tokenizer, docs, cfg)
+        role = roles.get(domain, "in_domain")
+        windows, available = sample_windows(tokenizer, docs, cfg, role)
         sums = {}
         with progress(
             total=len(windows) * len(models), desc=f"evaluate {domain}", unit="win"
