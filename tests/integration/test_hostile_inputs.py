@@ -231,6 +231,14 @@ def _earlier_run(env: Env, name: str = "run") -> Path:
     return run
 
 
+def _earlier_run_with_the_users_model(env: Env) -> Path:
+    run = _earlier_run(env)
+    shutil.rmtree(run / "model")
+    (run / "model").mkdir()  # no marker: the user's own folder of that name
+    (run / "model" / "weights.bin").write_bytes(b"the user's")
+    return run
+
+
 def _interrupted_run(env: Env) -> Path:
     """FIT (checkpoint every step) stopped after its first step, with a partial output of an export."""
     from lcc_lens.cli.fit import parse
@@ -821,6 +829,13 @@ CASES: list[Case] = [
         1,
         "the fit diverged",
         setup=_earlier_run,
+    ),
+    Case(
+        "fit-overwrite-over-the-users-model-folder",
+        lambda e: FIT(e, "--overwrite"),
+        2,
+        "holds a model/ folder lcc_lens did not write",
+        setup=_earlier_run_with_the_users_model,
     ),
     # a refused --resume changes nothing: not config.yaml, not the partial outputs
     Case(
