@@ -1,10 +1,12 @@
 """Safe output: write into a temporary sibling, rename into place when complete, never replace what
 lcc_lens did not write.
 
-Every directory written through :func:`atomic_dir` carries a small marker file (:data:`OWNER_FILE`).
-Replacing an existing directory is allowed only when it carries that marker, is empty, or lies inside
-lcc_lens's own cache; anything else raises :class:`~lcc_lens.errors.OwnershipError` naming what is
-there. On any exception (including KeyboardInterrupt and the CLI's SIGTERM
+Every directory written through :func:`atomic_dir` carries a small marker file (:data:`OWNER_FILE`),
+its temporary directory too, from the moment it is created. Replacing an existing directory is allowed
+only when it carries that marker or is empty (inside lcc_lens's cache too); anything else raises
+:class:`~lcc_lens.errors.OwnershipError` naming what is there. An output is never written over, into or
+around a folder the same command reads (:func:`check_apart`), and :func:`writer_lock` keeps a second
+writer of one output away. On any exception (including KeyboardInterrupt and the CLI's SIGTERM
 :class:`~lcc_lens.errors.Interrupted`) the temporary directory or file is removed and the target is
 left untouched.
 """
@@ -12,12 +14,13 @@ left untouched.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,16 +59,6 @@ def is_owned(directory: str | os.PathLike[str]) -> bool:
     return owner_kind(directory) is not None
 
 
-def _inside_cache(path: Path) -> bool:
-    from lcc_lens.cache import cache_root
-
-    try:
-        path.resolve().relative_to(cache_root().resolve())
-    except ValueError:
-        return False
-    return True
-
-
 def _listing(path: Path, n: int = 5) -> str:
     names = sorted(p.name for p in path.iterdir())
     shown = ", ".join(names[:n]) + (f", ... ({len(names)} entries)" if len(names) > n else "")
@@ -73,7 +66,8 @@ def _listing(path: Path, n: int = 5) -> str:
 
 
 def check_replaceable(path: str | os.PathLike[str], *, what: str = "output") -> None:
-    """Raise :class:`OwnershipError` unless ``path`` is absent, an empty directory, or lcc_lens's own."""
+    """Raise :class:`OwnershipError` unless ``path`` is absent, an empty directory, or lcc_lens's own
+    (a folder without the marker is refused inside lcc_lens's cache as well)."""
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         return
@@ -82,7 +76,7 @@ def check_replaceable(path: str | os.PathLike[str], *, what: str = "output") -> 
             f"{what} {path} is an existing file, not a directory lcc_lens wrote; it is never replaced. "
             "Choose another path, or move the file away yourself."
         )
-    if not any(path.iterdir()) or is_owned(path) or _inside_cache(path):
+    if not any(path.iterdir()) or is_owned(path):
         return
     raise OwnershipError(
         f"{what} {path} is a directory lcc_lens did not write (it holds {_listing(path)}); it is "
@@ -126,6 +120,102 @@ def check_writable(path: str | os.PathLike[str], *, what: str = "output") -> Pat
     return path
 
 
+def check_apart(
+    out: str | os.PathLike[str],
+    inputs: Mapping[str, str | os.PathLike[str] | None],
+    *,
+    what: str = "--out",
+) -> None:
+    """Refuse an output ``out`` that is, holds or lies inside one of the local folders the command
+    reads (``inputs``: flag -> path; hub ids and absent paths are skipped). Symlinks are resolved, so
+    another name of the same folder is caught too. Creates nothing."""
+    target = Path(out).expanduser().resolve()
+    for flag, source in inputs.items():
+        if source is None or not Path(source).expanduser().exists():
+            continue
+        read = Path(source).expanduser().resolve()
+        if target == read:
+            relation = "is"
+        elif target.is_relative_to(read):
+            relation = "lies inside"
+        elif read.is_relative_to(target):
+            relation = "holds"
+        else:
+            continue
+        raise ConfigError(
+            f"{what} {out} {relation} {flag} {source}, which this command reads; writing there "
+            f"would destroy its input. Choose {what} outside {read}."
+        )
+
+
+@contextlib.contextmanager
+def writer_lock(target: str | os.PathLike[str], *, busy: str) -> Iterator[Path]:
+    """Hold an exclusive lock for writing ``target`` (``flock`` on ``.<name>.lock`` beside it).
+
+    A second writer gets :class:`ConfigError` ``busy`` at once. The lock file lies next to
+    ``target``, never inside it, and is removed on release; parents created for it are removed again
+    when they are still empty. Yields the lock file's path.
+    """
+    target = Path(target).resolve()  # one lock per folder, whatever name or link reaches it
+    created = _missing_parents(target.parent)
+    lock = target.with_name(f".{target.name}.lock")
+    try:
+        _ensure_dir(target.parent)
+        fd = _lock_fd(lock, busy)
+    except BaseException:
+        _remove_empty(created)
+        raise
+    try:
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)  # still held: a waiting writer re-checks the path (_lock_fd)
+        os.close(fd)
+        _remove_empty(created)
+
+
+def _lock_fd(lock: Path, busy: str) -> int:
+    """An open descriptor of ``lock`` holding its exclusive ``flock``, or ConfigError ``busy``."""
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the lock file {lock}: {exc.strerror or exc}. Choose a writable path."
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(busy) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:  # the holder before us may have removed the file we locked: lock the one now there
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
+def _missing_parents(directory: Path) -> list[Path]:
+    """The folders of ``directory``'s chain that do not exist yet, deepest first."""
+    missing = []
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:  # deepest first
+        try:
+            folder.rmdir()
+        except OSError:  # something was written there: it stays
+            return
+
+
 def _ensure_dir(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -158,8 +248,8 @@ def atomic_dir(
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         tmp.chmod(default_mode(directory=True))
+        mark_owned(tmp, kind)  # first: a temporary left by a killed process is recognisably ours
         yield tmp
-        mark_owned(tmp, kind)
         check_replaceable(final)  # it may have changed while we were writing
         if final.exists():
             backup = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")

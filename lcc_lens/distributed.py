@@ -70,6 +70,11 @@ def context() -> DistContext:
     return DistContext()
 
 
+def launch_rank() -> int:
+    """This process's rank as the launcher set it (``RANK``), known before the group is joined."""
+    return context().rank if dist.is_available() and dist.is_initialized() else _env_int("RANK", 0)
+
+
 def init_from_env(device: str | torch.device = "cpu", *, timeout_s: float = 1800.0) -> DistContext:
     """Join the process group a launcher described in the environment; a no-op for one process.
 

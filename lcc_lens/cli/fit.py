@@ -65,7 +65,8 @@ parse_args = parse
 
 
 def run(args: FitArgs) -> int:
-    """Check the inputs, run the fit, print the summary."""
+    """Check the inputs, run the fit, print the summary (rank 0 only under a launcher)."""
+    from lcc_lens import distributed
     from lcc_lens.cli.sources import check_model_source
     from lcc_lens.fit import fit
     from lcc_lens.fit.summary import summary_table
@@ -75,7 +76,8 @@ def run(args: FitArgs) -> int:
     if args.config.pruned is not None:
         check_model_source(args.config.pruned, "--pruned")
     result = fit(args.config, args.out, resume=args.resume, overwrite=args.overwrite)
-    print(summary_table(result))
+    if distributed.context().is_main:  # under torchrun every rank has the result; rank 0 reports
+        print(summary_table(result))
     return 0
 
 

@@ -71,12 +71,19 @@ def perplexity_domains(name: str) -> tuple[dict[str, tuple[str, ...]], dict[str,
 
 
 def _check_inputs(config: EvalConfig) -> tuple[dict[str, tuple[str, ...]], dict[str, str]] | None:
-    """Everything that can be checked without a model; returns the perplexity domains."""
-    from lcc_lens.atomic import check_replaceable
+    """Everything that can be checked without a model; returns the perplexity domains.
+
+    No output (the suite folder, the report files) may lie in, be, or hold a model folder read.
+    """
+    from lcc_lens.atomic import check_apart, check_replaceable
     from lcc_lens.models import resolve_model_source
 
-    for spec in config.models:
-        resolve_model_source(spec.source)
+    read = {f"model {spec.label}": resolve_model_source(spec.source) for spec in config.models}
+    outputs = [("--out", path) for path in report_paths(config.out)] if config.out else []
+    if config.needs_suite and config.suite_dir is not None:
+        outputs.append(("--suite-dir", config.suite_dir))
+    for flag, path in outputs:
+        check_apart(path, read, what=flag)
     if config.needs_suite and config.suite_dir is not None:
         check_replaceable(config.suite_dir, what="--suite-dir")
     return perplexity_domains(config.perplexity) if config.perplexity else None

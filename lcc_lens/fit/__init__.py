@@ -9,6 +9,7 @@ domain never fitted on. It is the composition of the stages in :mod:`lcc_lens.fi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -52,7 +53,6 @@ from lcc_lens.fit.summary import summary_table
 from lcc_lens.models import ModelPair, describe
 from lcc_lens.restoration import RestorationStats
 from lcc_lens.selection import HeadRanking
-from lcc_lens.training import has_checkpoint
 
 __all__ = [
     "FitConfig",
@@ -95,36 +95,61 @@ def fit(
     """Run the whole LCC job; with ``out_dir`` write the run directory (see the README for its layout).
 
     ``resume`` finishes an interrupted run in ``out_dir``; ``overwrite`` replaces an earlier run there
-    (only a directory lcc_lens wrote). ``on_step(step, row)`` is called after every optimizer step.
+    (only a directory lcc_lens wrote) once the new one is complete. ``out_dir`` must lie apart from the
+    model folders read, and one fit at a time writes it. ``on_step(step, row)`` is called after every
+    optimizer step.
     ``data`` hands over pre-chosen texts instead of drawing them from ``config.data``.
     With ``out_dir``, a diverged fit raises :class:`FitDivergedError` before anything is exported
     (unless ``config.allow_worse``); without it nothing is exported and the metrics tell.
     """
     t0 = time.perf_counter()
-    run = Path(out_dir) if out_dir is not None else None
-    if run is None and (resume or overwrite):
-        raise ConfigError("resume / overwrite need an out_dir.")
-    existed = run is not None and run.exists()
-    if run is not None:
+    if out_dir is None:
+        if resume or overwrite:
+            raise ConfigError("resume / overwrite need an out_dir.")
+        return _fit_into(
+            config, None, resume=False, overwrite=False, on_step=on_step, data=data, t0=t0
+        )
+    run = Path(out_dir)
+    rd.check_out(run, inputs={"--dense": config.dense, "--pruned": config.pruned})
+    # one fit writes a run at a time; under torchrun rank 0 writes, so it alone holds the lock
+    with rd.run_lock(run) if distributed.launch_rank() == 0 else contextlib.nullcontext():
         rd.check_run_dir(run, resume=resume, overwrite=overwrite)
+        return _fit_into(
+            config, run, resume=resume, overwrite=overwrite, on_step=on_step, data=data, t0=t0
+        )
+
+
+def _fit_into(
+    config: FitConfig,
+    run: Path | None,
+    *,
+    resume: bool,
+    overwrite: bool,
+    on_step: Callable[[int, dict[str, Any]], None] | None,
+    data: FitData | None,
+    t0: float,
+) -> FitResult:
+    """:func:`fit` once ``run`` is checked (and locked): load, open the run directory, fit, finish."""
+    existed = run is not None and run.exists()
     clock = StageClock()
     resolved = resolve_pair(config, clock)  # checks the lengths against the model's positions
-    pair = resolved.pair
     with clock.stage("data"):
-        encoded = choose_data(config, pair, data)
+        encoded = choose_data(config, resolved.pair, data)
     main = distributed.context().is_main  # under torchrun every rank computes, rank 0 writes
     distributed.barrier()  # every rank has checked --out before rank 0 creates anything
+    work = run  # where this fit writes: run itself, or an overwrite's temporary sibling
     if run is not None and main:
-        rd.open_run_dir(run, resume=resume)
-        rd.write_config(run, config.to_dict())
+        work = rd.start_run(run, resume=resume, overwrite=overwrite, config_dict=config.to_dict())
     distributed.barrier()
     try:
-        result = _fit_from_data(config, resolved, encoded, run, resume, on_step, t0, clock)
+        result = _fit_from_data(config, resolved, encoded, work, resume, on_step, t0, clock)
+        if run is not None and work is not None and main:
+            rd.finish_run(run, work)
     except BaseException:
-        # a run that never reached its first checkpoint leaves nothing behind
-        if run is not None and main and not resume and not has_checkpoint(run):
-            rd.discard(run, existed=existed)
+        if run is not None and work is not None and main:
+            rd.abandon(run, work, existed=existed, resume=resume)
         raise
+    result.out_dir = run
     distributed.barrier()
     return result
 
@@ -157,6 +182,8 @@ def _fit_from_data(
             identity=run_identity(config, resolved.pruned_source, ranking.selected),
             on_step=on_step,
         )
+    if run is not None and resume and distributed.context().is_main:
+        rd.accept_resume(run, config.to_dict())  # the checkpoint was accepted: now record the run
     metrics: dict[str, Any] = {
         "val_loss_pruned": trained.val_loss_pruned,
         "val_loss_restored": trained.val_loss_restored,

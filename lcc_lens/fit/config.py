@@ -9,6 +9,7 @@ names the offending ``section.field``. The run's ``seed`` is copied into every s
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -145,8 +146,11 @@ class FitConfig:
         parse_device_map(self.device_map)
         if self.max_length < 2:
             raise ConfigError(f"max_length must be >= 2 tokens, got {self.max_length}.")
-        if not self.worse_margin >= 0:
-            raise ConfigError(f"worse_margin must be >= 0 (nats/token), got {self.worse_margin}.")
+        if not 0 <= self.worse_margin < math.inf:
+            raise ConfigError(
+                f"worse_margin must be a finite number >= 0 (nats/token), got {self.worse_margin}; "
+                "to export a fit however much worse it is, pass --allow-worse instead."
+            )
         for f in fields(self):  # the run's seed is the seed of every stage
             section = getattr(self, f.name)
             if (

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from lcc_lens.atomic import atomic_dir, check_replaceable, check_writable
+from lcc_lens.atomic import atomic_dir, check_apart, check_replaceable, check_writable
 from lcc_lens.errors import ConfigError
 from lcc_lens.progress import progress
 from lcc_lens.pruning.calibrate import (
@@ -392,6 +392,7 @@ def prune_checkpoint(
     from lcc_lens.models import describe, load_causal_lm
 
     out = Path(out_dir)
+    check_apart(out, {"the model to prune": source}, what="output directory")
     check_writable(out, what="output directory")  # checks only: nothing is created before success
     check_replaceable(out, what="output directory")
     check_positions(source, config)

@@ -240,7 +240,8 @@ LAUNCHERS = {
 def test_fit_command_under_two_processes_equals_one(launcher, llama_pair_dirs, tmp_path):
     """`torchrun --nproc_per_node 2 -m lcc_lens.fit` and `accelerate launch --multi_gpu
     --num_processes 2 -m lcc_lens.fit`: diff, selection and training data-parallel, rank 0 writes
-    the run directory; the offsets equal an in-process single fit within 1e-5."""
+    the run directory and prints the summary; the offsets equal an in-process single fit within
+    1e-5."""
     import yaml
     from safetensors.torch import load_file
 
@@ -279,6 +280,7 @@ def test_fit_command_under_two_processes_equals_one(launcher, llama_pair_dirs, t
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("held-out PPL") == 1, done.stdout  # rank 0 alone prints the summary
     two = load_file(str(tmp_path / "two" / "compensation.safetensors"))["z_offsets"]
     assert torch.allclose(two, single, atol=1e-5, rtol=0), (two - single).abs().max()
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["history"]

@@ -27,6 +27,7 @@ import pytest
 import torch
 
 from lcc_lens.atomic import OWNER_FILE, atomic_dir, mark_owned
+from lcc_lens.cache import CACHE_ENV, cache_root
 from lcc_lens.cli.main import main
 from lcc_lens.cli.policy import sigterm_raises
 from lcc_lens.errors import (
@@ -49,6 +50,14 @@ class Env:
     tmp: Path
     dense: Path
     pruned: Path
+    monkeypatch: pytest.MonkeyPatch | None = None
+
+    def cache_here(self) -> Path:
+        """Point lcc_lens's cache at ``cache/`` in the case's folder, for this test only."""
+        assert self.monkeypatch is not None
+        root = self.tmp / "cache"
+        self.monkeypatch.setenv(CACHE_ENV, str(root))
+        return root
 
     def file(self, name: str, content: str | bytes) -> Path:
         path = self.tmp / name
@@ -180,6 +189,92 @@ def _bad_compensation(env: Env) -> Path:
 
 def _one_word(env: Env) -> Path:
     return env.file("one.txt", "hello")
+
+
+# ---- run directories (issue 25 item 2, part B): helpers ---------------------------------------
+
+
+def _model_copy(env: Env, name: str, *, owned: bool = False) -> Path:
+    """A copy of the tiny pruned checkpoint in the case's folder; ``owned``: as lcc_lens writes one."""
+    target = env.tmp / name
+    shutil.copytree(env.pruned, target)
+    if owned:
+        mark_owned(target, "prune")
+    return target
+
+
+def _unloadable(env: Env) -> Path:
+    """A dense checkpoint that passes the path checks but fails to load: a case that names another
+    problem with it shows that problem was found before any model was loaded."""
+    return env.broken_checkpoint("broken", "truncated")
+
+
+def _earlier_run(env: Env, name: str = "run") -> Path:
+    """A finished run as lcc_lens leaves it (model/ a real checkpoint), with the user's files in it."""
+    run = env.tmp / name
+    run.mkdir()
+    mark_owned(run, "fit-run")
+    for output in (
+        "config.yaml",
+        "heads.json",
+        "metrics.json",
+        "complete.json",
+        "checkpoint.safetensors",
+    ):
+        (run / output).write_text(f"the earlier run's {output}")
+    (run / "plots").mkdir()
+    (run / "plots" / "perplexity.html").write_text("the earlier run's")
+    (run / "plots" / "mine.html").write_text("the user's")
+    shutil.copytree(env.pruned, run / "model")
+    mark_owned(run / "model", "output")
+    (run / "notes.txt").write_text("the user's")
+    (run / ".plots.keep.tmp").mkdir()  # named like a temporary of lcc_lens's, without its marker
+    (run / ".plots.keep.tmp" / "figure.png").write_bytes(b"the user's")
+    return run
+
+
+def _earlier_run_with_the_users_model(env: Env) -> Path:
+    run = _earlier_run(env)
+    shutil.rmtree(run / "model")
+    (run / "model").mkdir()  # no marker: the user's own folder of that name
+    (run / "model" / "weights.bin").write_bytes(b"the user's")
+    return run
+
+
+def _interrupted_run(env: Env) -> Path:
+    """FIT (checkpoint every step) stopped after its first step, with a partial output of an export."""
+    from lcc_lens.cli.fit import parse
+    from lcc_lens.cli.policy import setup_logging
+    from lcc_lens.fit import fit
+
+    setup_logging()  # the handler an earlier case's command set up writes to that case's stderr
+    args = parse(FIT(env, "--checkpoint-every", "1")[1:])
+
+    def stop(step: int, row: dict) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(args.config, args.out, on_step=stop)
+    (args.out / "compensation.safetensors").write_bytes(b"partial")
+    return args.out
+
+
+def _read_only(env: Env) -> Path:
+    _unloadable(env)
+    folder = env.tmp / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder
+
+
+def _user_folder_in_cache(env: Env) -> Path:
+    (env.cache_here() / "pruned").mkdir(parents=True)
+    return env.user_folder("cache/pruned/mine")
+
+
+ROOT_WRITES_ANYWHERE = pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders"
+)
 
 
 CASES: list[Case] = [
@@ -641,6 +736,141 @@ CASES: list[Case] = [
         error=DataError,
         owner="H4",
     ),
+    # ---- begin: run directories (issue 25 item 2, part B) ----------------------------------------
+    # an output over, into or around an input folder: refused before any model is loaded
+    Case(
+        "fit-out-holds-the-pruned-input",
+        lambda e: [
+            *FIT(e, "--overwrite"),
+            *("--pruned", str(e.tmp / "run" / "model"), "--dense", str(e.tmp / "broken")),
+        ],
+        2,
+        r"--out \S+run holds --pruned \S+model, which this command reads",
+        setup=lambda e: (_earlier_run(e), _unloadable(e)),
+    ),
+    Case(
+        "fit-out-is-the-dense-input",
+        lambda e: (
+            [*FIT(e, "--overwrite"), *("--dense", str(e.tmp / "broken"))]
+            + ["--out", str(e.tmp / "broken")]
+        ),
+        2,
+        "is --dense",
+        setup=_unloadable,
+    ),
+    Case(
+        "fit-out-inside-the-pruned-input",
+        lambda e: [
+            *FIT(e),
+            *("--pruned", str(e.tmp / "p"), "--out", str(e.tmp / "p" / "run")),
+            *("--dense", str(e.tmp / "broken")),
+        ],
+        2,
+        "lies inside --pruned",
+        setup=lambda e: (_model_copy(e, "p"), _unloadable(e)),
+    ),
+    Case(
+        "fit-out-a-symlink-to-the-pruned-input",
+        lambda e: [
+            *FIT(e, "--overwrite"),
+            *("--pruned", str(e.tmp / "p"), "--out", str(e.tmp / "alias")),
+            *("--dense", str(e.tmp / "broken")),
+        ],
+        2,
+        "alias is --pruned",
+        setup=lambda e: (
+            _model_copy(e, "p", owned=True),
+            (e.tmp / "alias").symlink_to(e.tmp / "p"),
+            _unloadable(e),
+        ),
+    ),
+    Case(
+        "prune-out-is-the-dense-input",
+        lambda e: (
+            [*PRUNE(e, "--overwrite"), "--dense", str(e.tmp / "p")] + ["--out", str(e.tmp / "p")]
+        ),
+        2,
+        "is the model to prune",
+        setup=lambda e: _model_copy(e, "p", owned=True),
+    ),
+    Case(
+        "prune-out-inside-the-dense-input",
+        lambda e: [*PRUNE(e), "--dense", str(e.tmp / "p"), "--out", str(e.tmp / "p" / "again")],
+        2,
+        "lies inside the model to prune",
+        setup=lambda e: _model_copy(e, "p"),
+    ),
+    Case(
+        "eval-suite-dir-inside-the-model",
+        lambda e: ["eval", "--model", str(e.tmp / "p"), "--suite-dir", str(e.tmp / "p" / "suite")],
+        2,
+        "--suite-dir .* lies inside model",
+        setup=lambda e: _model_copy(e, "p"),
+    ),
+    Case(
+        "eval-out-inside-the-model",
+        lambda e: [
+            *("eval", "--model", str(e.tmp / "p"), "--tasks", "", "--perplexity", "heldout"),
+            *("--out", str(e.tmp / "p" / "results.json")),
+        ],
+        2,
+        "--out .*results.json lies inside model",
+        setup=lambda e: _model_copy(e, "p"),
+    ),
+    # --overwrite builds the new run beside the earlier one: a failure leaves the earlier run intact
+    Case(
+        "fit-overwrite-that-fails-keeps-the-earlier-run",
+        lambda e: FIT(e, "--overwrite", "--n-heads", "99"),
+        2,
+        "only 12",
+        setup=_earlier_run,
+    ),
+    Case(
+        "fit-overwrite-that-diverges-keeps-the-earlier-run",
+        lambda e: FIT(e, "--overwrite", "--lr", "100", "--worse-margin", "0"),
+        1,
+        "the fit diverged",
+        setup=_earlier_run,
+    ),
+    Case(
+        "fit-overwrite-over-the-users-model-folder",
+        lambda e: FIT(e, "--overwrite"),
+        2,
+        "holds a model/ folder lcc_lens did not write",
+        setup=_earlier_run_with_the_users_model,
+    ),
+    # a refused --resume changes nothing: not config.yaml, not the partial outputs
+    Case(
+        "fit-resume-with-other-settings-changes-nothing",
+        lambda e: FIT(e, "--checkpoint-every", "1", "--resume", "--lr", "0.123"),
+        2,
+        "another configuration",
+        setup=_interrupted_run,
+    ),
+    Case(
+        "fit-worse-margin-inf",
+        lambda e: FIT(e, "--worse-margin", "inf"),
+        2,
+        "worse_margin must be a finite number.*--allow-worse",
+    ),
+    Case(
+        "fit-out-in-a-read-only-folder",
+        lambda e: [*FIT(e), "--out", str(e.tmp / "ro" / "run"), "--dense", str(e.tmp / "broken")],
+        2,
+        "ro is not writable",
+        setup=_read_only,
+        marks=(ROOT_WRITES_ANYWHERE,),
+    ),
+    Case(
+        "lib-atomic-dir-unmarked-folder-in-the-cache",
+        None,
+        2,
+        "did not write",
+        setup=_user_folder_in_cache,
+        call=lambda e: atomic_dir(cache_root() / "pruned" / "mine").__enter__(),
+        error=OwnershipError,
+    ),
+    # ---- end: run directories (issue 25 item 2, part B) ------------------------------------------
 ]
 
 
@@ -965,7 +1195,7 @@ def env(tmp_path, llama_pair_dirs, monkeypatch) -> Env:
     work.mkdir()
     monkeypatch.chdir(work)  # anything written to a default relative path shows up in the snapshot
     dense, pruned = llama_pair_dirs
-    return Env(work, dense, pruned)
+    return Env(work, dense, pruned, monkeypatch)
 
 
 def test_enough_cases():
@@ -1112,3 +1342,80 @@ def test_an_earlier_suite_dir_is_replaced_not_a_users(tmp_path):
     build_offline_suite(suite, seed=1, n_items=8)  # lcc_lens's own folder: replaced in place
     assert sorted(p.name for p in suite.iterdir()) == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["suite"]  # no temporary or backup left
+
+
+# ---- begin: run directories (issue 25 item 2, part B): a real earlier run, real processes ------
+
+
+def test_overwrite_moves_the_users_files_into_the_new_run(env: Env, capsys):
+    """A successful ``--overwrite``: the new run takes the earlier one's place whole; the user's
+    entries there (a file, a figure in plots/, a folder named like a temporary) move into it; a
+    temporary lcc_lens left (it carries the marker) goes; nothing is left beside the run."""
+    import yaml
+
+    assert main(FIT(env)) == 0
+    run = env.tmp / "run"
+    (run / "notes.txt").write_text("the user's")
+    (run / "plots" / "mine.html").write_text("the user's")
+    (run / ".plots.keep.tmp").mkdir()
+    (run / ".plots.keep.tmp" / "figure.png").write_bytes(b"the user's")
+    left = run / ".model.k3j2ab8x.tmp"  # what an export killed mid-way leaves
+    left.mkdir()
+    mark_owned(left, "output")
+    capsys.readouterr()
+    assert main(FIT(env, "--overwrite", "--seed", "1")) == 0
+    err = capsys.readouterr().err
+    assert yaml.safe_load((run / "config.yaml").read_text())["seed"] == 1  # the new run
+    assert (run / "notes.txt").read_text() == "the user's"
+    assert (run / "plots" / "mine.html").read_text() == "the user's"
+    assert (run / ".plots.keep.tmp" / "figure.png").read_bytes() == b"the user's"
+    assert not left.exists()
+    assert re.search(r"moved .*notes\.txt.* into the new one", err), err
+    assert sorted(p.name for p in env.tmp.iterdir()) == ["run"]  # no lock, temporary or backup
+
+
+def _wait_for(ready: Callable[[], bool], proc: subprocess.Popen, log: Path, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ready():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the first fit did not start training: {log.read_text()[-2000:]}")
+
+
+def test_a_second_fit_is_refused_while_the_first_writes_and_sigterm_keeps_the_earlier_run(
+    env: Env, tmp_path, capsys
+):
+    """Two processes: the first ``--overwrite`` of a finished run trains in its temporary sibling;
+    a second ``lcc fit`` into the same --out is refused by the lock (exit 2); SIGTERM to the first
+    leaves the earlier run byte for byte as it was, and no lock file or temporary beside it."""
+    assert main(FIT(env)) == 0
+    before = _snapshot(env.tmp)
+    log = tmp_path / "first.log"
+    slow = FIT(env, "--overwrite", "--steps", "1000", "--checkpoint-every", "1")
+    with log.open("w") as fh:
+        first = subprocess.Popen(
+            [sys.executable, "-m", "lcc_lens.fit", *slow[1:]],
+            stdout=subprocess.DEVNULL,
+            stderr=fh,
+            cwd=env.tmp,
+            preexec_fn=_default_sigint,
+        )
+    try:
+        _wait_for(lambda: any(env.tmp.glob(".run.*.tmp/checkpoint.safetensors")), first, log)
+        capsys.readouterr()
+        assert main(FIT(env, "--overwrite")) == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith("error: another lcc fit is writing"), last
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    err = log.read_text()
+    assert first.returncode == 143, err
+    assert "Traceback" not in err
+    assert _snapshot(env.tmp) == before
+
+
+# ---- end: run directories (issue 25 item 2, part B) --------------------------------------------

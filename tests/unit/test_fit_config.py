@@ -73,6 +73,7 @@ def test_defaults_are_the_fit_defaults():
         ({"train": 5}, "train must be a mapping"),
         ({"data": {"seed": 1}}, "top-level 'seed'"),
         ({"worse_margin": -1.0}, "worse_margin"),
+        ({"worse_margin": float("inf")}, "worse_margin must be a finite number.*--allow-worse"),
         ({"max_length": 1}, "max_length must be >= 2"),
         ({"train": {"warmup_fraction": -0.1}}, "warmup_fraction"),
         ({"device_map": "everywhere"}, "everywhere"),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from lcc_lens.atomic import OWNER_FILE, mark_owned
-from lcc_lens.fit.run_dir import RUN_OUTPUTS, clear, discard, open_run_dir
+import pytest
+
+from lcc_lens.atomic import OWNER_FILE, atomic_dir, is_owned, mark_owned
+from lcc_lens.errors import ConfigError
+from lcc_lens.fit.run_dir import RUN_OUTPUTS, clear, discard, run_lock, start_run
 
 
 def _fill(run):
@@ -54,7 +57,7 @@ def test_discard_of_a_created_run_keeps_it_when_a_user_file_appeared(tmp_path):
     assert sorted(p.name for p in run.iterdir()) == ["data", "notes.txt"]
     clean = tmp_path / "clean"
     clean.mkdir()
-    open_run_dir(clean, resume=False)
+    start_run(clean, resume=False, overwrite=False, config_dict={})
     (clean / "heads.json").write_text("x")
     discard(clean, existed=False)
     assert not clean.exists()
@@ -66,3 +69,34 @@ def test_every_name_the_fit_writes_is_listed():
     from lcc_lens.fit.run_dir import COMPLETE_FILE, CONFIG_FILE
 
     assert {CHECKPOINT, COMPENSATION_FILE, COMPLETE_FILE, CONFIG_FILE, "model"} <= RUN_OUTPUTS
+
+
+def test_a_folder_named_like_a_temporary_goes_only_with_lcc_lens_marker(tmp_path, caplog):
+    run = tmp_path / "run"
+    _fill(run)
+    mine = run / ".plots.keep.tmp"
+    mine.mkdir()
+    (mine / "figure.png").write_text("mine")
+    with atomic_dir(run / "model") as tmp:  # a temporary carries the marker from the start
+        assert is_owned(tmp)
+    left = run / ".model.k3j2ab8x.tmp"  # what an export killed mid-way leaves
+    left.mkdir()
+    mark_owned(left, "output")
+    (left / "config.json").write_text("x")
+    with caplog.at_level("WARNING"):
+        clear(run, keep=set())
+    assert (mine / "figure.png").read_text() == "mine"
+    assert not left.exists()
+    assert ".plots.keep.tmp" in caplog.text
+
+
+def test_the_run_lock_refuses_a_second_writer_and_leaves_nothing(tmp_path):
+    run = tmp_path / "new" / "run"
+    with run_lock(run) as lock:
+        assert lock.parent == run.parent and not run.exists()  # beside the run, never inside it
+        with pytest.raises(ConfigError, match="another lcc fit is writing"), run_lock(run):
+            pass
+        assert lock.is_file()
+    assert list(tmp_path.iterdir()) == []  # the lock file and the folder made for it are gone
+    with run_lock(run):  # free again
+        pass
