@@ -141,8 +141,14 @@ def export_check(
     """
     from lcc_lens.models import load_causal_lm
 
+    largest = exported_abs_max(model_dir)
+    check_dtype_range(largest, target, config)  # before the loader's own checks refuse an overflow
+    if not math.isfinite(largest):  # kept under allow_worse: no loader takes it back
+        logger.warning(
+            "the export holds inf values (kept: allow_worse); its logits are not checked."
+        )
+        return float("nan")
     merged, tok = load_causal_lm(model_dir, device=pair.device)
-    check_dtype_range(merged, target, config)
     ids = tok(text[:2000], return_tensors="pt")["input_ids"][:, :64].to(pair.device)
     with compensation.attach(pair.pruned):
         hooked = pair.pruned(ids, return_type="logits")
@@ -166,9 +172,26 @@ def target_dtype(pruned_source: str, config: FitConfig) -> torch.dtype:
     return declared if isinstance(declared, torch.dtype) else torch.float32
 
 
-def check_dtype_range(model: torch.nn.Module, target: torch.dtype, config: FitConfig) -> None:
-    """Refuse weights (e.g. merged o_proj biases) beyond the finite range of ``target``."""
-    largest = max((float(p.detach().abs().max()) for p in model.parameters()), default=0.0)
+def exported_abs_max(model_dir: Path) -> float:
+    """The largest |value| of any tensor in the exported safetensors (inf if one overflowed)."""
+    from safetensors import safe_open
+
+    from lcc_lens.model_files import weight_files
+    from lcc_lens.safe_paths import inside
+
+    largest = 0.0
+    for shard in sorted(set(weight_files(model_dir).values())):
+        with safe_open(str(inside(model_dir, shard)), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                t = f.get_tensor(name)
+                if t.is_floating_point() and t.numel():
+                    largest = max(largest, float(t.float().abs().max()))
+    return largest
+
+
+def check_dtype_range(largest: float, target: torch.dtype, config: FitConfig) -> None:
+    """Refuse weights (e.g. merged o_proj biases) whose largest |value| ``largest`` is beyond the
+    finite range of ``target``."""
     fp16_max = torch.finfo(torch.float16).max
     if target in (torch.float16, torch.bfloat16) and largest >= torch.finfo(target).max:
         message = (

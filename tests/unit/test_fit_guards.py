@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lcc_lens.fit import FitConfig, FitDivergedError
-from lcc_lens.fit.evaluate import check_dtype_range, check_not_diverged
+from lcc_lens.fit.evaluate import check_dtype_range, check_not_diverged, exported_abs_max
 from lcc_lens.fit.stages import Trained
 
 
@@ -26,16 +26,30 @@ def test_restored_clearly_worse_than_pruned_is_refused():
 
 
 def test_weights_beyond_the_target_dtype_are_refused():
-    model = torch.nn.Linear(4, 4)
-    with torch.no_grad():
-        model.bias[0] = 1e6
     config = FitConfig()
     with pytest.raises(FitDivergedError, match="float16"):
-        check_dtype_range(model, torch.float16, config)
-    check_dtype_range(model, torch.bfloat16, config)  # bf16 holds 1e6
-    check_dtype_range(model, torch.float32, config)  # only a warning about float16 loads
-    check_dtype_range(model, torch.float16, FitConfig(allow_worse=True))
-    with torch.no_grad():
-        model.bias[0] = 3.395e38  # beyond bfloat16 (3.39e38), within float32
+        check_dtype_range(1e6, torch.float16, config)
+    check_dtype_range(1e6, torch.bfloat16, config)  # bf16 holds 1e6
+    check_dtype_range(1e6, torch.float32, config)  # only a warning about float16 loads
+    check_dtype_range(1e6, torch.float16, FitConfig(allow_worse=True))
     with pytest.raises(FitDivergedError, match="bfloat16"):
-        check_dtype_range(model, torch.bfloat16, config)
+        check_dtype_range(
+            3.395e38, torch.bfloat16, config
+        )  # beyond bfloat16 (3.39e38), within fp32
+    with pytest.raises(FitDivergedError, match="float16"):
+        check_dtype_range(math.inf, torch.float16, config)  # an fp16 export that overflowed to inf
+
+
+def test_the_largest_exported_value_is_read_from_the_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file(
+        {"a": torch.tensor([1.0, -7.0]), "b": torch.tensor([2.0], dtype=torch.float16)},
+        str(tmp_path / "model.safetensors"),
+    )
+    assert exported_abs_max(tmp_path) == 7.0
+    save_file(
+        {"a": torch.tensor([1.0, float("inf")], dtype=torch.float16)},
+        str(tmp_path / "model.safetensors"),
+    )
+    assert exported_abs_max(tmp_path) == math.inf
