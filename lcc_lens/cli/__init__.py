@@ -1,7 +1,8 @@
 """The ``lcc`` command line: subcommands under one config helper and one exit-code policy.
 
 :mod:`lcc_lens.cli.main` dispatches; :mod:`lcc_lens.cli.config` turns flags + YAML into frozen
-configs; :mod:`lcc_lens.cli.policy` holds logging, exit codes, the error printer and SIGTERM handling.
+configs (checked by :mod:`lcc_lens.settings`, the same check as ``FitConfig.from_dict``);
+:mod:`lcc_lens.cli.policy` holds logging, exit codes, the error printer and SIGTERM handling.
 """
 
 from __future__ import annotations

@@ -1,17 +1,21 @@
 """Flags + optional YAML -> a frozen (nested) config dataclass: the one parser of every subcommand.
 
-Flags are generated from the dataclass fields: the kebab-case field name (``n_probe`` -> ``--n-probe``),
-the help line from ``metadata["help"]`` with the default appended. A nested dataclass field is a YAML
-section; its fields get bare flags when their name is unique in the whole tree and ``--section-name``
-otherwise. A field whose metadata says ``inline=True`` has its fields at its parent's level (YAML and
-flags), e.g. a command's pruning settings. Other metadata keys: ``flag`` (an explicit flag name),
+Flags are generated from the dataclass fields, one per settable leaf field, the help line from
+``metadata["help"]`` with the default appended. The flag is the kebab-case field name wherever the
+field sits (``n_probe`` -> ``--n-probe``), unless it is named explicitly: by the field's metadata
+``flag`` (in every command) or by the command's ``flags`` table of ``section.field: --flag``
+(``"train.batch_size": "--train-batch-size"``). Two fields with one flag are a TypeError when the
+parser is built, so a field added elsewhere never renames an existing flag: it needs a name of its
+own. A nested dataclass field is a YAML section; one whose metadata says ``inline=True`` has its
+fields at its parent's level (YAML and flags), e.g. a command's pruning settings. Other metadata keys:
 ``aliases`` (extra flag names), ``metavar``, ``default_text`` (the default as shown in help),
 ``cli=False`` (not settable).
 
 Values: ``none``/``null`` for Optional fields; ``true``/``false`` or ``--x``/``--no-x`` for booleans;
-a tuple field takes a comma-separated list and may be repeated. YAML values must already have the
-field's type (``2.5`` or ``"8"`` for an int is a :class:`~lcc_lens.errors.ConfigError`). Flags override
-YAML; anything the dataclass constructors reject becomes a ConfigError naming the field.
+a tuple field takes a comma-separated list and may be repeated. The flags given are merged over the
+``--config`` YAML file and the result is checked and built once, by :func:`lcc_lens.settings.build`
+(the same check as :meth:`~lcc_lens.fit.config.FitConfig.from_dict`): a YAML value of the wrong type
+is a :class:`~lcc_lens.errors.ConfigError` naming the field, never converted.
 """
 
 from __future__ import annotations
@@ -24,14 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from lcc_lens.cli.values import (
-    from_text,
-    from_yaml,
+from lcc_lens.cli.values import from_text
+from lcc_lens.cli.yaml_file import read_yaml
+from lcc_lens.errors import ConfigError
+from lcc_lens.settings import (
+    build,
+    check_value,
+    field_default,
     is_dataclass_type,
     strip_optional,
 )
-from lcc_lens.cli.yaml_file import read_yaml
-from lcc_lens.errors import ConfigError, shown
 
 _DEST_PREFIX = "cfg:"
 
@@ -66,58 +72,44 @@ class FlagSpec:
 # the field tree
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _field_default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return dataclasses.MISSING
-
-
 def _walk(
     cls: type,
     path: tuple[str, ...],
     yaml_path: tuple[str, ...],
-    flag_path: tuple[str, ...],
     hidden_nested: frozenset[str],
     base: Any = None,
-) -> list[tuple[FlagSpec, tuple[str, ...]]]:
-    out: list[tuple[FlagSpec, tuple[str, ...]]] = []
-    hints = _hints(cls)
+) -> list[FlagSpec]:
+    out: list[FlagSpec] = []
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if not f.init or f.metadata.get("cli", True) is False:
             continue
-        if flag_path and f.name in hidden_nested:
+        if yaml_path and f.name in hidden_nested:
             continue
         tp = hints[f.name]
-        default = getattr(base, f.name) if base is not None else _field_default(f)
+        default = getattr(base, f.name) if base is not None else field_default(f)
         if is_dataclass_type(tp):
-            inline = bool(f.metadata.get("inline"))
             out += _walk(
                 tp,
                 (*path, f.name),
-                yaml_path if inline else (*yaml_path, f.name),
-                flag_path if inline else (*flag_path, f.name),
+                yaml_path if f.metadata.get("inline") else (*yaml_path, f.name),
                 hidden_nested,
                 None if default is dataclasses.MISSING else default,
             )
             continue
-        spec = FlagSpec(
-            path=(*path, f.name),
-            yaml_path=(*yaml_path, f.name),
-            flag=str(f.metadata.get("flag", "")),
-            aliases=tuple(f.metadata.get("aliases", ())),
-            type=tp,
-            default=default,
-            help=_help(f, default),
-            required=default is dataclasses.MISSING,
-            metavar=str(f.metadata.get("metavar", "")),
+        out.append(
+            FlagSpec(
+                path=(*path, f.name),
+                yaml_path=(*yaml_path, f.name),
+                flag=str(f.metadata.get("flag", "")) or "--" + f.name.replace("_", "-"),
+                aliases=tuple(f.metadata.get("aliases", ())),
+                type=tp,
+                default=default,
+                help=_help(f, default),
+                required=default is dataclasses.MISSING,
+                metavar=str(f.metadata.get("metavar", "")),
+            )
         )
-        out.append((spec, flag_path))
     return out
 
 
@@ -141,36 +133,33 @@ def _help(f: dataclasses.Field, default: Any) -> str:
     return f"{text} (default: {shown})"
 
 
-def _kebab(*parts: str) -> str:
-    return "--" + "-".join(p.replace("_", "-") for p in parts)
-
-
-def config_flags(cls: type, *, hidden_nested: Collection[str] = ()) -> list[FlagSpec]:
+def config_flags(
+    cls: type, *, hidden_nested: Collection[str] = (), flags: Mapping[str, str] | None = None
+) -> list[FlagSpec]:
     """Every settable leaf field of ``cls`` with its flag name (see the module docstring).
 
-    ``hidden_nested`` names fields that are not settable inside sections (e.g. ``seed`` where the
-    run's seed is copied into every section)."""
-    walked = _walk(cls, (), (), (), frozenset(hidden_nested))
-    counts: dict[str, int] = {}
-    for spec, _ in walked:
-        counts[spec.path[-1]] = counts.get(spec.path[-1], 0) + 1
-    specs = []
-    for spec, flag_path in walked:
-        name = spec.path[-1]
-        if spec.flag:
-            flag = spec.flag
-        elif counts[name] == 1 or not flag_path:
-            flag = _kebab(name)
-        else:
-            flag = _kebab(*flag_path, name)
-        specs.append(dataclasses.replace(spec, flag=flag))
-    seen: dict[str, tuple[str, ...]] = {}
+    ``flags`` names flags explicitly by the field's YAML path (``{"train.batch_size":
+    "--train-batch-size"}``); ``hidden_nested`` names fields that are not settable inside sections
+    (e.g. ``seed`` where the run's seed is copied into every section). A flag name given to two
+    fields, or a ``flags`` entry that names no field, is a TypeError."""
+    specs = _walk(cls, (), (), frozenset(hidden_nested))
+    table = dict(flags or {})
+    named = []
     for spec in specs:
+        flag = table.pop(".".join(spec.yaml_path), spec.flag)
+        named.append(dataclasses.replace(spec, flag=flag))
+    if table:
+        raise TypeError(f"flags table names fields that do not exist: {sorted(table)}")
+    seen: dict[str, tuple[str, ...]] = {}
+    for spec in named:
         for name in (spec.flag, *spec.aliases):
             if name in seen:
-                raise TypeError(f"flag {name} is generated twice ({seen[name]} and {spec.path})")
-            seen[name] = spec.path
-    return specs
+                raise TypeError(
+                    f"flag {name} names two fields, {'.'.join(seen[name])} and "
+                    f"{'.'.join(spec.yaml_path)}: give one an explicit name in the command's flags table"
+                )
+            seen[name] = spec.yaml_path
+    return named
 
 
 # ----------------------------------------------------------------------------------------------
@@ -178,10 +167,14 @@ def config_flags(cls: type, *, hidden_nested: Collection[str] = ()) -> list[Flag
 
 
 def add_config_flags(
-    parser: argparse.ArgumentParser, cls: type, *, hidden_nested: Collection[str] = ()
+    parser: argparse.ArgumentParser,
+    cls: type,
+    *,
+    hidden_nested: Collection[str] = (),
+    flags: Mapping[str, str] | None = None,
 ) -> list[FlagSpec]:
     """Add one flag per leaf field of ``cls`` to ``parser`` (unset flags leave no value)."""
-    specs = config_flags(cls, hidden_nested=hidden_nested)
+    specs = config_flags(cls, hidden_nested=hidden_nested, flags=flags)
     for spec in specs:
         inner, _ = strip_optional(spec.type)
         help_text = spec.help.replace("%", "%%")
@@ -223,7 +216,7 @@ def _metavar(spec: FlagSpec) -> str:
 
 
 def flag_values(ns: argparse.Namespace, specs: Sequence[FlagSpec]) -> dict[tuple[str, ...], Any]:
-    """The values of the flags actually given, converted to their field types."""
+    """The values of the flags actually given, parsed to their field types, by YAML path."""
     given = vars(ns)
     out: dict[tuple[str, ...], Any] = {}
     for spec in specs:
@@ -232,94 +225,48 @@ def flag_values(ns: argparse.Namespace, specs: Sequence[FlagSpec]) -> dict[tuple
         raw = given[spec.dest]
         inner, _ = strip_optional(spec.type)
         if isinstance(raw, bool):
-            out[spec.path] = raw
+            out[spec.yaml_path] = raw
         elif typing.get_origin(inner) is tuple and isinstance(raw, list):
             parts: list[Any] = []
             for text in raw:
                 value = from_text(text, spec.type, spec.flag)
                 if value is None:
                     parts = []
-                    out[spec.path] = None
+                    out[spec.yaml_path] = None
                     break
                 parts.extend(value)
             else:
-                out[spec.path] = tuple(parts)
+                out[spec.yaml_path] = tuple(parts)
         else:
-            out[spec.path] = from_text(raw, spec.type, spec.flag)
+            out[spec.yaml_path] = from_text(raw, spec.type, spec.flag)
     return out
 
 
-def yaml_values(
-    data: Mapping[str, Any], specs: Sequence[FlagSpec], source: str = "config"
-) -> dict[tuple[str, ...], Any]:
-    """Check a (nested) YAML mapping against the fields; unknown keys and wrong types raise."""
-    by_yaml = {spec.yaml_path: spec for spec in specs}
-    sections = {p[:i] for p in by_yaml for i in range(1, len(p))}
-    out: dict[tuple[str, ...], Any] = {}
+def _merged(data: Mapping[str, Any], flags: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
+    """``data`` (the YAML mapping) with each flag value set at its path; nothing is mutated.
 
-    def visit(node: Mapping[str, Any], prefix: tuple[str, ...]) -> None:
-        for key, value in node.items():
-            where = (*prefix, str(key))
-            if where in by_yaml:
-                spec = by_yaml[where]
-                out[spec.path] = from_yaml(value, spec.type, f"{source} field {'.'.join(where)}")
-            elif where in sections:
-                if not isinstance(value, dict):
-                    raise ConfigError(
-                        f"{source} section {'.'.join(where)} must be a mapping, got {shown(value)}."
-                    )
-                visit(value, where)
-            else:
-                known = sorted(
-                    {
-                        p[len(prefix)]
-                        for p in (*by_yaml, *sections)
-                        if len(p) > len(prefix) and p[: len(prefix)] == prefix
-                    }
-                )
-                import difflib
-
-                close = difflib.get_close_matches(str(key), known, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ConfigError(
-                    f"{source} has an unknown field {shown('.'.join(where))}{hint}; known fields here: "
-                    f"{', '.join(known)}."
-                )
-
-    visit(data, ())
+    Where the YAML holds a non-mapping in place of a section, it is kept for the check to report."""
+    out = dict(data)
+    for path, value in flags.items():
+        node = out
+        for key in path[:-1]:
+            child = node.get(key, {})
+            if not isinstance(child, Mapping):
+                break
+            node[key] = node = dict(child)
+        else:
+            node[path[-1]] = value
     return out
 
 
-def build(cls: type, values: Mapping[tuple[str, ...], Any]) -> Any:
-    """Construct ``cls`` from leaf values keyed by field path; nested defaults are kept."""
-    return _build(cls, values, (), None)
-
-
-def _build(cls: type, values: Mapping[tuple[str, ...], Any], path: tuple[str, ...], base: Any):
-    hints = _hints(cls)
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
-        here = (*path, f.name)
-        tp = hints[f.name]
-        if is_dataclass_type(tp):
-            if any(p[: len(here)] == here for p in values):
-                default = getattr(base, f.name) if base is not None else _field_default(f)
-                kwargs[f.name] = _build(
-                    tp, values, here, None if default is dataclasses.MISSING else default
-                )
-        elif here in values:
-            kwargs[f.name] = values[here]
-    try:
-        if base is not None:
-            return dataclasses.replace(base, **kwargs)
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
-        where = ".".join(path) or cls.__name__
-        raise ConfigError(f"invalid {where} settings: {exc}") from exc
+def _lookup(data: Mapping[str, Any], path: tuple[str, ...]) -> tuple[bool, Any]:
+    """``(True, value)`` at ``path`` in nested ``data``, else ``(False, None)``."""
+    node: Any = data
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return False, None
+        node = node[key]
+    return True, node
 
 
 def parse_config(
@@ -328,12 +275,14 @@ def parse_config(
     specs: Sequence[FlagSpec],
     yaml_file: str | Path | None = None,
 ) -> Any:
-    """YAML file (if any) first, then the given flags on top -> a frozen ``cls``."""
-    values: dict[tuple[str, ...], Any] = {}
-    if yaml_file is not None:
-        values.update(yaml_values(read_yaml(yaml_file), specs, source=f"config file {yaml_file}"))
-    values.update(flag_values(ns, specs))
-    missing = [s.flag for s in specs if s.required and s.path not in values]
+    """The YAML file (if any) with the given flags over it, checked and built once -> a frozen ``cls``."""
+    data = read_yaml(yaml_file) if yaml_file is not None else {}
+    for spec in specs:  # every value of the file is checked, also one that a flag overrides
+        found, value = _lookup(data, spec.yaml_path)
+        if found:
+            check_value(value, spec.type, ".".join(spec.yaml_path))
+    values = _merged(data, flag_values(ns, specs))
+    missing = [s.flag for s in specs if s.required and not _lookup(values, s.yaml_path)[0]]
     if missing:
         raise ConfigError(
             f"missing required option(s) {', '.join(missing)} (a flag or a key of --config)."
@@ -349,8 +298,10 @@ def command_parser(
     yaml: bool = True,
     epilog: str | None = None,
     hidden_nested: Collection[str] = (),
+    flags: Mapping[str, str] | None = None,
 ) -> tuple[LccArgumentParser, list[FlagSpec]]:
-    """A parser with one flag per field of ``cls`` plus ``--config YAML`` (unless ``yaml=False``)."""
+    """A parser with one flag per field of ``cls`` plus ``--config YAML`` (unless ``yaml=False``);
+    ``flags`` and ``hidden_nested`` as in :func:`config_flags`."""
     parser = LccArgumentParser(
         prog=prog,
         description=description,
@@ -366,7 +317,7 @@ def command_parser(
             help="YAML file of the same settings (sections mirror the nested configs); flags "
             "override it (default: none)",
         )
-    specs = add_config_flags(parser, cls, hidden_nested=hidden_nested)
+    specs = add_config_flags(parser, cls, hidden_nested=hidden_nested, flags=flags)
     return parser, specs
 
 

@@ -3,8 +3,8 @@
 Defaults run offline: the embedded SmolLM2-135M-Instruct, Wanda 50 %, real text. Every knob of
 :class:`~lcc_lens.fit.config.FitConfig` is a flag; ``--config run.yaml`` holds the same settings in
 sections (``prune:``, ``data:``, ``diff:``, ``select:``, ``compensation:``, ``train:``, ``eval:``).
-A flag of a section is the bare field name when it is unique (``--lr``, ``--n-probe``) and
-``--section-field`` otherwise (``--train-batch-size``, ``--prune-method``).
+A flag is the bare field name (``--lr``, ``--n-probe``); a field whose name several sections share
+has a fixed ``--section-field`` name (``--train-batch-size``, ``--prune-method``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,21 @@ from lcc_lens.pruning.config import check_device
 PROG = "lcc fit"
 SUMMARY = "restore a pruned LLM with Lost Component Compensation"
 DEFAULT_OUT = Path("runs/default")
+
+# The explicit names of the section fields whose bare name another field has (a section's field
+# ``batch_size`` would otherwise clash with the others'). A new field whose bare name is taken must be
+# added here; building the parser refuses the clash, so an existing flag is never renamed.
+FLAGS: dict[str, str] = {
+    "prune.method": "--prune-method",
+    "prune.batch_size": "--prune-batch-size",
+    "prune.device": "--prune-device",
+    "diff.batch_size": "--diff-batch-size",
+    "diff.max_length": "--diff-max-length",
+    "select.method": "--select-method",
+    "select.batch_size": "--select-batch-size",
+    "train.batch_size": "--train-batch-size",
+    "eval.batch_size": "--eval-batch-size",
+}
 
 
 @dataclass(frozen=True)
@@ -51,7 +66,11 @@ class FitArgs:
 def build_parser():
     """The ``lcc fit`` parser and its field flags (sections' own ``seed`` is the run's ``--seed``)."""
     return command_parser(
-        PROG, SUMMARY + ".\n\n" + __doc__.split("\n\n", 1)[1], FitArgs, hidden_nested=("seed",)
+        PROG,
+        SUMMARY + ".\n\n" + __doc__.split("\n\n", 1)[1],
+        FitArgs,
+        hidden_nested=("seed",),
+        flags=FLAGS,
     )
 
 

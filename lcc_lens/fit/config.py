@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
@@ -23,6 +23,7 @@ from lcc_lens.evaluation.protocol import ProtocolConfig
 from lcc_lens.probe_data import ProbeDataConfig
 from lcc_lens.pruning.config import PruneConfig
 from lcc_lens.selection import SelectConfig
+from lcc_lens.settings import build, check_value
 from lcc_lens.training import TrainConfig
 
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
@@ -136,9 +137,9 @@ class FitConfig:
     )
 
     def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
         for f in fields(self):
-            want = _hints(type(self))[f.name]
-            _check_type(getattr(self, f.name), want, f.name)
+            check_value(getattr(self, f.name), hints[f.name], f.name)
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype {self.dtype!r}; choose one of {list(DTYPES)}.")
         from lcc_lens.placement import parse_device_map
@@ -165,16 +166,22 @@ class FitConfig:
         return _to_dict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> FitConfig:
-        """Build from nested mappings (e.g. YAML); unknown keys and wrong types raise ConfigError."""
-        return _from_dict(cls, _nest_legacy(values), "")
+    def from_dict(cls, values: Mapping[str, Any]) -> FitConfig:
+        """Build from nested mappings (YAML, ``lcc fit``'s flags) through :func:`lcc_lens.settings.build`
+        (unknown keys and wrong types raise ConfigError), after mapping the legacy flat keys; a
+        section's own ``seed`` is refused (the run's ``seed`` is every section's)."""
+        values = _nest_legacy(values)
+        if isinstance(values, Mapping):
+            for name, section in values.items():
+                if isinstance(section, Mapping) and "seed" in section:
+                    raise ConfigError(
+                        f"unknown field {name + '.seed'!r}: a section's seed is the run's top-level "
+                        f"'seed'; remove it from {name}."
+                    )
+        return build(cls, values)
 
 
 # ---- (de)serialisation ------------------------------------------------------------------------
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
 
 
 def _to_dict(obj: Any) -> dict[str, Any]:
@@ -190,114 +197,6 @@ def _to_dict(obj: Any) -> dict[str, Any]:
         else:
             out[f.name] = value
     return out
-
-
-def _from_dict(cls: type, values: Any, prefix: str, base: Any = None) -> Any:
-    """``cls`` from a mapping; fields not given keep their value in ``base`` (else the default)."""
-    where = prefix.rstrip(".") or "the fit configuration"
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where} must be a mapping of fields, got {type(values).__name__}.")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(
-            f"unknown config keys {[prefix + k for k in unknown]}; valid keys of {where}: "
-            f"{sorted(known)}."
-        )
-    hints = _hints(cls)
-    kwargs: dict[str, Any] = {}
-    if base is not None:
-        kwargs = {f.name: getattr(base, f.name) for f in fields(base) if f.init}
-    for name, value in values.items():
-        want = hints[name]
-        path = prefix + name
-        if dataclasses.is_dataclass(want):
-            if prefix == "" and isinstance(value, dict) and "seed" in value:
-                raise ConfigError(
-                    f"{path}.seed is set by the run's top-level 'seed'; remove it from {path}."
-                )
-            section_base = _field_default(known[name])
-            kwargs[name] = _from_dict(
-                want, value if value is not None else {}, path + ".", section_base
-            )
-        else:
-            kwargs[name] = _coerce(value, want, path)
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid {where}: {exc}") from exc
-
-
-def _field_default(f: dataclasses.Field) -> Any:
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None if f.default is dataclasses.MISSING else f.default
-
-
-def _coerce(value: Any, want: Any, path: str) -> Any:
-    """``value`` checked against the annotation ``want`` (int -> float allowed, nothing else)."""
-    if want is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if typing.get_origin(want) is tuple and isinstance(value, list):
-        value = tuple(value)
-        args = typing.get_args(want)
-        if args and args[-1] is Ellipsis:
-            for i, item in enumerate(value):
-                _check_type(item, args[0], f"{path}[{i}]")
-    optional_float = _is_optional(want) and float in typing.get_args(want)
-    if optional_float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    _check_type(value, want, path)
-    return value
-
-
-def _is_optional(want: Any) -> bool:
-    return type(None) in typing.get_args(want)
-
-
-def _check_type(value: Any, want: Any, path: str) -> None:
-    if not _matches(value, want):
-        raise ConfigError(
-            f"{path} must be {_describe(want)}, got {value!r} ({type(value).__name__})."
-        )
-
-
-def _matches(value: Any, want: Any) -> bool:
-    origin = typing.get_origin(want)
-    if want is Any:
-        return True
-    if origin is Literal:
-        return value in typing.get_args(want)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in typing.get_args(want))
-    if want is type(None):
-        return value is None
-    if want is bool:
-        return isinstance(value, bool)
-    if want is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if want is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if dataclasses.is_dataclass(want):
-        return isinstance(value, want)
-    if origin in (tuple, list):
-        return isinstance(value, origin)
-    return isinstance(value, want) if isinstance(want, type) else True
-
-
-def _describe(want: Any) -> str:
-    origin = typing.get_origin(want)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(want))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(want))
-    if want is type(None):
-        return "null"
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
-        want, getattr(want, "__name__", str(want))
-    )
 
 
 # The flat keys of the pre-package FitConfig, so that earlier config.yaml files still load.
@@ -333,7 +232,7 @@ LEGACY_KEYS: dict[str, str] = {
 
 def _nest_legacy(values: Any) -> Any:
     """Map the old flat keys (and ``data: <source string>``) onto their sections."""
-    if not isinstance(values, dict):
+    if not isinstance(values, Mapping):
         return values
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
     if isinstance(out.get("data"), str):

@@ -41,8 +41,11 @@ class Root:
     other: Other = field(default_factory=Other, metadata={"help": "other"})
 
 
+FLAGS = {"inner.seed": "--inner-seed", "other.seed": "--other-seed"}
+
+
 def _parse(argv, yaml_text=None, tmp_path=None):
-    parser, specs = command_parser("t", "test", Root)
+    parser, specs = command_parser("t", "test", Root, flags=FLAGS)
     if yaml_text is not None:
         path = tmp_path / "c.yaml"
         path.write_text(yaml_text)
@@ -50,10 +53,10 @@ def _parse(argv, yaml_text=None, tmp_path=None):
     return parse_command(Root, parser, specs, argv)
 
 
-def test_flags_are_kebab_bare_when_unique_and_prefixed_on_collision():
-    flags = {s.path: s.flag for s in config_flags(Root)}
+def test_flags_are_kebab_bare_unless_named_in_the_table():
+    flags = {s.path: s.flag for s in config_flags(Root, flags=FLAGS)}
     assert flags[("dense",)] == "--dense"
-    assert flags[("seed",)] == "--seed"  # top level keeps the bare name
+    assert flags[("seed",)] == "--seed"
     assert flags[("inner", "seed")] == "--inner-seed"
     assert flags[("other", "seed")] == "--other-seed"
     assert flags[("inner", "lr")] == "--lr"
@@ -62,8 +65,17 @@ def test_flags_are_kebab_bare_when_unique_and_prefixed_on_collision():
     assert ("inner", "seed") not in hidden and ("seed",) in hidden
 
 
+def test_a_shared_bare_name_is_refused_never_renamed():
+    # without the table, inner.seed and other.seed would both be --seed: an error, not a silent
+    # rename of the existing --seed
+    with pytest.raises(TypeError, match="--seed names two fields, seed and inner.seed"):
+        config_flags(Root)
+    with pytest.raises(TypeError, match=r"do not exist: \['inner.sede'\]"):
+        config_flags(Root, flags={**FLAGS, "inner.sede": "--x"})
+
+
 def test_help_has_default_and_nested_default_comes_from_the_parent():
-    specs = {s.flag: s for s in config_flags(Root)}
+    specs = {s.flag: s for s in config_flags(Root, flags=FLAGS)}
     assert specs["--steps"].help == "optimizer steps (default: 5)"
     assert specs["--dense"].help == "model (required)"
     assert specs["--flag"].help == "a switch (default: true)"
@@ -134,6 +146,13 @@ def test_bad_flags_are_config_errors(argv, match):
 def test_binary_yaml_is_a_config_error(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_bytes(b"\xff\xfe\x00\x81binary")
-    parser, specs = command_parser("t", "test", Root)
+    parser, specs = command_parser("t", "test", Root, flags=FLAGS)
     with pytest.raises(ConfigError, match="not UTF-8"):
         parse_command(Root, parser, specs, ["--config", str(path)])
+
+
+def test_a_bad_yaml_value_is_an_error_even_when_a_flag_overrides_it(tmp_path):
+    with pytest.raises(ConfigError, match="seed must be integer"):
+        _parse(["--seed", "3"], "dense: y\nseed: '8'\n", tmp_path)
+    with pytest.raises(ConfigError, match="section inner must be a mapping"):
+        _parse(["--lr", "0.5"], "dense: y\ninner: 3\n", tmp_path)

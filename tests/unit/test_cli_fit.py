@@ -58,3 +58,13 @@ def test_bad_settings_are_config_errors(tmp_path, argv, yaml_text, match):
         argv = [*argv, "--config", str(path)]
     with pytest.raises(ConfigError, match=match):
         parse(argv)
+
+
+def test_yaml_goes_through_fitconfig_from_dict(tmp_path):
+    # the one validator: `lcc fit --config` reads the same mapping FitConfig.from_dict does, legacy
+    # flat keys of earlier runs included, and flags still override it
+    path = tmp_path / "old.yaml"
+    path.write_text("lr: 0.05\nheads: norm\n")
+    cfg = parse(["--config", str(path), "--n-heads", "4"]).config
+    assert cfg == FitConfig.from_dict({"lr": 0.05, "heads": "norm", "select": {"n_heads": 4}})
+    assert (cfg.train.lr, cfg.select.method, cfg.select.n_heads) == (0.05, "norm", 4)
