@@ -34,6 +34,9 @@ FOREIGN = {
     # `lcc --version` / `--help` of every command
     "--version",
     "--help",
+    # placeholders where the README describes the flag syntax (`--x` / `--no-x` of a bool field)
+    "--x",
+    "--no-x",
 }
 """Flags the README shows for tools other than lcc_lens's commands."""
 
