@@ -37,11 +37,13 @@ FOREIGN = {
     # placeholders where the README describes the flag syntax (`--x` / `--no-x` of a bool field)
     "--x",
     "--no-x",
+    # other libraries' flag syntax, named where the README says why lcc_lens does not use them
+    "--train.lr",
 }
 """Flags the README shows for tools other than lcc_lens's commands."""
 
 SUBCOMMANDS = ("fit", "prune", "eval", "bench")
-FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*")
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*(?:\.[a-z][a-z0-9_-]*)*")
 COMMAND = re.compile(
     r"(?:(?<![\w.])lcc (?P<sub>fit|prune|eval|bench)\b"
     r"|-m lcc_lens\.(?P<mod>fit|prune|eval|bench)\b"
