@@ -41,9 +41,13 @@ def sample_texts(
     seed: int,
     model_key: str,
     batch_size: int = SAMPLE_BATCH,
+    source: str | None = None,
 ) -> list[str]:
     """``n`` samples of up to ``n_tokens`` new tokens each (temperature 1, no truncation of the
-    distribution), each starting with the model's BOS token (EOS when it has none)."""
+    distribution), each starting with the model's BOS token (EOS when it has none).
+
+    ``source``: the bridge's checkpoint; where the bridge has no plain twin (GPT-2), a plain copy is
+    loaded from it to sample with a KV cache (without one each new token re-runs the whole prefix)."""
     from lcc_lens import distributed
 
     key = hashlib.sha256(
@@ -63,7 +67,7 @@ def sample_texts(
         except (OSError, ValueError):
             pass
         logger.warning("ignoring unreadable cache entry %s", path)
-    texts = _sample(bridge, tokenizer, n, n_tokens, seed, batch_size)
+    texts = _sample(bridge, tokenizer, n, n_tokens, seed, batch_size, source)
     if distributed.context().is_main:
         write_text(path, json.dumps(texts))
     return texts
@@ -83,13 +87,17 @@ def _start_token(tokenizer: Any) -> int:
 
 @torch.no_grad()
 def _sample(
-    bridge: Any, tokenizer: Any, n: int, n_tokens: int, seed: int, batch_size: int
+    bridge: Any,
+    tokenizer: Any,
+    n: int,
+    n_tokens: int,
+    seed: int,
+    batch_size: int,
+    source: str | None = None,
 ) -> list[str]:
     from lcc_lens.placement import input_device
-    from lcc_lens.twin import plain_twin
 
-    twin = plain_twin(bridge)
-    model = twin if twin is not None else bridge.original_model
+    model, cached = _generator(bridge, source)
     start = _start_token(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else start
     device = input_device(model)
@@ -108,11 +116,41 @@ def _sample(
                 top_p=1.0,
                 max_new_tokens=n_tokens,
                 pad_token_id=pad,
-                # a bridge-wrapped model has no working KV cache; the twin has
-                use_cache=twin is not None,
+                use_cache=cached,
             )
             out += tokenizer.batch_decode(gen[:, 1:], skip_special_tokens=True)
     return out
+
+
+def _generator(bridge: Any, source: str | None) -> tuple[Any, bool]:
+    """The model to sample with and whether its KV cache works: the plain twin, else a plain copy of
+    ``source`` (not for device-mapped models, which would need a second placement), else the bridge's
+    own model (a bridge-wrapped model has no working KV cache)."""
+    from lcc_lens.placement import has_device_map, input_device
+    from lcc_lens.twin import plain_twin
+
+    twin = plain_twin(bridge)
+    if twin is not None:
+        return twin, True
+    original = bridge.original_model
+    if source is not None and _local_dir(source) and not has_device_map(original):
+        from lcc_lens.models import load_causal_lm
+
+        first = next(original.parameters())
+        plain, _ = load_causal_lm(source, dtype=first.dtype, device=input_device(original))
+        return plain.eval(), True
+    return original, False
+
+
+def _local_dir(source: str) -> bool:
+    from pathlib import Path
+
+    from lcc_lens.models import resolve_model_source
+
+    try:
+        return Path(resolve_model_source(source)).is_dir()
+    except Exception:  # not a checkpoint lcc_lens can resolve offline: keep the bridge's model
+        return False
 
 
 def self_examples(tokenizer: Any, texts: list[str]) -> list[Example]:

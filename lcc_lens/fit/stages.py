@@ -157,6 +157,7 @@ def _training_examples(config: FitConfig, pair: ModelPair, texts: FitData) -> li
         dcfg.self_tokens,
         seed=config.seed,
         model_key=model_fingerprint(pair.dense_source),
+        source=pair.dense_source,
     )
     own = encode(
         pair.tokenizer, self_examples(pair.tokenizer, samples), config.max_length, targets="all"

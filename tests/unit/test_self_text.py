@@ -63,3 +63,18 @@ def test_fit_on_self_text_trains_and_records_its_choice(llama_pair_dirs):
     assert FitConfig.from_dict(cfg.to_dict()).data == DataConfig(
         n_train=8, n_diff_prompts=6, n_probe=6, fit_text="corpus_self", targets="all"
     )
+
+
+def test_a_bridge_without_twin_samples_from_a_plain_copy_with_a_kv_cache(tiny_dirs):
+    from lcc_lens.self_text import _generator
+    from lcc_lens.twin import plain_twin
+
+    source = str(tiny_dirs["gpt2"][0])
+    bridge, tok = load_bridge(source)
+    assert plain_twin(bridge) is None  # GPT-2's bridge renames its attention modules
+    model, cached = _generator(bridge, source)
+    assert cached and model is not bridge.original_model
+    assert _generator(bridge, None) == (bridge.original_model, False)  # no checkpoint to copy
+    assert _generator(bridge, "not/a/checkpoint")[1] is False
+    texts = sample_texts(bridge, tok, 3, 8, seed=0, model_key="tiny-gpt2", source=source)
+    assert len(texts) == 3
