@@ -36,6 +36,7 @@ from lcc_lens import __version__
 from lcc_lens.atomic import atomic_dir
 from lcc_lens.compensation import COMPENSATION_FILE, Compensation, check_finite
 from lcc_lens.errors import ExportError
+from lcc_lens.family import CompensationFamily
 from lcc_lens.model_files import INDEX, SINGLE, checked_structure
 from lcc_lens.models import describe, load_causal_lm, resolve_model_source
 from lcc_lens.types import ZOffsets
@@ -252,7 +253,7 @@ def _streamable(source: str | os.PathLike[str]) -> Path | None:
 
 def export_checkpoint(
     pruned_source: str | os.PathLike[str],
-    compensation: Compensation,
+    compensation: Compensation | CompensationFamily,
     out_dir: str | os.PathLike[str],
     *,
     dense_source: str | os.PathLike[str] | None = None,
@@ -261,6 +262,9 @@ def export_checkpoint(
     tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> Path:
     """Merge ``compensation`` into a copy of the pruned checkpoint and save a plain HF directory.
+
+    An LCC family (:class:`~lcc_lens.family.CompensationFamily`) is merged in memory with every term
+    folded in (:meth:`~lcc_lens.family.CompensationFamily.merge`).
 
     The directory holds the merged model (safetensors), config, tokenizer, ``compensation.safetensors``
     and ``lcc_export.json`` (route, identities, version). Written atomically: on any error nothing remains.
@@ -271,7 +275,8 @@ def export_checkpoint(
     """
     offsets = compensation.z_offsets().detach().float().cpu()
     check_finite(offsets)
-    stream = _streamable(pruned_source) if model is None else None
+    family = isinstance(compensation, CompensationFamily)
+    stream = _streamable(pruned_source) if model is None and not family else None
     identities = {"pruned": describe(pruned_source)}
     if dense_source is not None:
         identities["dense"] = describe(dense_source)
@@ -286,7 +291,7 @@ def export_checkpoint(
     else:
         if model is None or tokenizer is None:
             model, tokenizer = load_causal_lm(pruned_source, dtype=torch.float32, device="cpu")
-        merged, route = merge(model, offsets)
+        merged, route = compensation.merge(model) if family else merge(model, offsets)
         names = (type(model).__name__, type(merged).__name__)
         write = _memory_writer(merged, tokenizer)
     info = {

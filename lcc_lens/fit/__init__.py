@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from lcc_lens import distributed
+from lcc_lens.attribution import FamilyAttribution, family_attribution
 from lcc_lens.compensation import COMPENSATION_FILE, Compensation
 from lcc_lens.components import LostComponents
 from lcc_lens.data import FitData
 from lcc_lens.diff import HeadDiff
 from lcc_lens.errors import ConfigError
+from lcc_lens.family import CompensationFamily
 from lcc_lens.fit import run_dir as rd
 from lcc_lens.fit.config import FitConfig
 from lcc_lens.fit.evaluate import (
@@ -71,7 +73,7 @@ class FitResult:
 
     config: FitConfig
     pair: ModelPair
-    compensation: Compensation
+    compensation: Compensation | CompensationFamily
     ranking: HeadRanking
     components: LostComponents
     diff: HeadDiff | None
@@ -81,6 +83,7 @@ class FitResult:
     out_dir: Path | None = None
     restoration: RestorationStats | None = None
     data_description: dict[str, Any] = field(default_factory=dict)
+    attribution: FamilyAttribution | None = None
 
 
 def fit(
@@ -184,6 +187,11 @@ def _fit_from_data(
     if run is not None and distributed.context().is_main:
         with clock.stage("restoration"):
             result.restoration = restoration(pair, comp, encoded, config)
+        if isinstance(comp, CompensationFamily) and encoded.validation:
+            with clock.stage("attribution"):
+                result.attribution = family_attribution(
+                    pair, comp, encoded.validation, config.train
+                )
         with clock.stage("export"):
             _export(result, encoded, run)
         metrics["stages"] = clock.to_list()

@@ -13,6 +13,7 @@ import torch
 from lcc_lens.compensation import Compensation
 from lcc_lens.errors import DivergedError
 from lcc_lens.evaluation.protocol import ProtocolResult, evaluate
+from lcc_lens.family import CompensationFamily
 from lcc_lens.fit.config import FitConfig
 from lcc_lens.fit.stages import EncodedData, Trained
 from lcc_lens.models import ModelPair
@@ -27,7 +28,7 @@ class FitDivergedError(DivergedError):
 
 def heldout_evaluation(
     pair: ModelPair,
-    compensation: Compensation | None,
+    compensation: Compensation | CompensationFamily | None,
     data: EncodedData,
     config: FitConfig,
     *,
@@ -86,7 +87,7 @@ def headline_metrics(result: ProtocolResult, test_domain: str) -> dict[str, Any]
 
 def restoration(
     pair: ModelPair,
-    compensation: Compensation,
+    compensation: Compensation | CompensationFamily,
     data: EncodedData,
     config: FitConfig,
     n_prompts: int = 32,
@@ -118,7 +119,10 @@ def check_not_diverged(trained: Trained, config: FitConfig) -> None:
 
 
 def export(
-    pruned_source: str, compensation: Compensation, model_dir: Path, meta: dict[str, Any]
+    pruned_source: str,
+    compensation: Compensation | CompensationFamily,
+    model_dir: Path,
+    meta: dict[str, Any],
 ) -> Path:
     """The plain Hugging Face checkpoint with the compensation merged into the o_proj biases."""
     from lcc_lens.export import export_checkpoint
@@ -129,7 +133,7 @@ def export(
 @torch.no_grad()
 def export_check(
     pair: ModelPair,
-    compensation: Compensation,
+    compensation: Compensation | CompensationFamily,
     model_dir: Path,
     text: str,
     config: FitConfig,

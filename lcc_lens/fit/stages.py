@@ -24,6 +24,7 @@ from lcc_lens.components import LostComponents, cached_lost_components, lost_com
 from lcc_lens.data import Encoded, FitData, encode, fit_data
 from lcc_lens.diff import HeadDiff
 from lcc_lens.errors import ConfigError
+from lcc_lens.family import CompensationFamily, FamilyLayout
 from lcc_lens.fit.config import FitConfig
 from lcc_lens.fit.stage_clock import StageClock
 from lcc_lens.models import ModelPair, resolve_device
@@ -232,19 +233,23 @@ def build_compensation(
     heads: Sequence[tuple[int, int]],
     components: LostComponents,
     config: FitConfig,
-) -> Compensation:
-    """A fresh compensation on ``heads`` (zero offsets, or the lost components with init)."""
+) -> Compensation | CompensationFamily:
+    """A fresh compensation on ``heads`` (zero offsets, or the lost components with init); with
+    ``compensate`` beyond ``heads``, the LCC family of those components (every other term zero)."""
     ccfg = config.compensation
+    on_heads = "heads" in ccfg.compensate
     comp = Compensation(
         pair.geometry,
-        heads,
+        heads if on_heads else [],
         components.directions,
         use_directions=ccfg.use_directions,
         use_bias=ccfg.use_bias,
     )
     if ccfg.init == "lost_component" and comp.n_selected:
         comp.init_from(components.components)
-    return comp
+    if ccfg.compensate == ("heads",):
+        return comp
+    return CompensationFamily(comp, FamilyLayout.of(pair.pruned), ccfg.compensate)
 
 
 @dataclass
@@ -271,7 +276,7 @@ def run_identity(config: FitConfig, pruned_source: str, heads: Sequence[tuple[in
 
 def train_compensation(
     pair: ModelPair,
-    comp: Compensation,
+    comp: Compensation | CompensationFamily,
     data: EncodedData,
     config: FitConfig,
     *,
