@@ -16,6 +16,7 @@ from lcc_lens.evaluation.protocol import ProtocolResult, evaluate
 from lcc_lens.family import CompensationFamily
 from lcc_lens.fit.config import FitConfig
 from lcc_lens.fit.stages import EncodedData, Trained
+from lcc_lens.methods.base import RestorationMethod
 from lcc_lens.models import ModelPair
 from lcc_lens.restoration import RestorationStats, restoration_stats
 
@@ -28,7 +29,7 @@ class FitDivergedError(DivergedError):
 
 def heldout_evaluation(
     pair: ModelPair,
-    compensation: Compensation | CompensationFamily | None,
+    compensation: Compensation | CompensationFamily | RestorationMethod | None,
     data: EncodedData,
     config: FitConfig,
     *,
@@ -87,7 +88,7 @@ def headline_metrics(result: ProtocolResult, test_domain: str) -> dict[str, Any]
 
 def restoration(
     pair: ModelPair,
-    compensation: Compensation | CompensationFamily,
+    compensation: Compensation | CompensationFamily | RestorationMethod,
     data: EncodedData,
     config: FitConfig,
     n_prompts: int = 32,
@@ -120,7 +121,7 @@ def check_not_diverged(trained: Trained, config: FitConfig) -> None:
 
 def export(
     pruned_source: str,
-    compensation: Compensation | CompensationFamily,
+    compensation: Compensation | CompensationFamily | RestorationMethod,
     model_dir: Path,
     meta: dict[str, Any],
 ) -> Path:
@@ -133,7 +134,7 @@ def export(
 @torch.no_grad()
 def export_check(
     pair: ModelPair,
-    compensation: Compensation | CompensationFamily,
+    compensation: Compensation | CompensationFamily | RestorationMethod,
     model_dir: Path,
     text: str,
     config: FitConfig,
@@ -148,8 +149,8 @@ def export_check(
     merged, tok = load_causal_lm(model_dir, device=pair.device)
     check_dtype_range(merged, target, config)
     ids = tok(text[:2000], return_tensors="pt")["input_ids"][:, :64].to(pair.device)
-    with compensation.attach(pair.pruned):
-        hooked = pair.pruned(ids, return_type="logits")
+    with compensation.attach(pair.pruned) as restored:
+        hooked = restored(ids, return_type="logits")
     diff = float((merged(ids).logits.float() - hooked.float()).abs().max())
     del merged
     return diff

@@ -27,6 +27,7 @@ from lcc_lens.errors import ConfigError
 from lcc_lens.family import CompensationFamily, FamilyLayout
 from lcc_lens.fit.config import FitConfig
 from lcc_lens.fit.stage_clock import StageClock
+from lcc_lens.methods.base import RestorationMethod
 from lcc_lens.models import ModelPair, resolve_device
 from lcc_lens.placement import parse_device_map
 from lcc_lens.probe_data import ProbeSample, fit_probe_items, probe_samples
@@ -252,6 +253,34 @@ def build_compensation(
     return CompensationFamily(comp, FamilyLayout.of(pair.pruned), ccfg.compensate)
 
 
+def prepare_method(
+    config: FitConfig, resolved: ResolvedPair, data: EncodedData
+) -> RestorationMethod:
+    """The zero-keeping peer method ``config.method``, prepared on the fit's pair and data."""
+    from lcc_lens.methods import MethodContext, make_method
+
+    ctx = MethodContext(
+        resolved.pair,
+        config.dense,
+        resolved.pruned_source,
+        data.texts,
+        data.train,
+        config.train,
+        seed=config.seed,
+        fit=config,
+    )
+    method = make_method(config.method)
+    method.prepare(ctx)
+    logger.info("%s: %d trainable parameters", method.name, method.n_trainable)
+    return method
+
+
+def no_heads(pair: ModelPair, method: str) -> HeadRanking:
+    """The (empty) head ranking of a fit whose method compensates no head."""
+    g = pair.geometry
+    return HeadRanking(f"none ({method})", torch.zeros(g.n_layers, g.n_heads), [], [])
+
+
 @dataclass
 class Trained:
     """The training history and the validation objective of pruned and restored."""
@@ -276,7 +305,7 @@ def run_identity(config: FitConfig, pruned_source: str, heads: Sequence[tuple[in
 
 def train_compensation(
     pair: ModelPair,
-    comp: Compensation | CompensationFamily,
+    comp: Compensation | CompensationFamily | RestorationMethod,
     data: EncodedData,
     config: FitConfig,
     *,

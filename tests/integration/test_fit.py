@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -316,3 +317,39 @@ def test_cli_family_fit_exports_exactly(base, tmp_path):
     assert len(rows) == 4 * 3 and all(math.isfinite(r["loss_rise"]) for r in rows)
     assert any(r["loss_rise"] != 0 for r in rows)
     assert (out / "plots" / "family_attribution.html").is_file()
+
+
+@pytest.mark.parametrize("method", ["perp_bias_norm", "masked_lora_r8"])
+def test_cli_fit_of_a_peer_method_exports_exactly_and_keeps_zeros(base, tmp_path, method):
+    """--method NAME trains a zero-keeping peer through the fit's stages and its one export path."""
+    from safetensors.torch import load_file as read
+
+    out = tmp_path / method
+    argv = ["--dense", base["dense"], "--pruned", base["pruned"], "--out", str(out)]
+    argv += ["--n-train", "16", "--steps", "3", "--train-batch-size", "4", "--method", method]
+    argv += ["--windows", "2", "--context-length", "64", "--max-length", "96", "--device", "cpu"]
+    argv += ["--lr", "5e-3"]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["summary"]["export_max_abs_logit_diff"] < 1e-4
+    assert len(metrics["history"]) == 3
+    assert not (out / "compensation.safetensors").exists()
+    assert json.loads((out / "model" / "lcc_export.json").read_text())["method"] == method
+    (pruned_file,) = Path(base["pruned"]).glob("*.safetensors")
+    pruned = read(str(pruned_file))
+    exported = read(str(out / "model" / "model.safetensors"))
+    changed = False
+    for name, w in pruned.items():
+        if w.dim() == 2 and name in exported:
+            assert (exported[name][w == 0] == 0).all(), name
+            changed |= not torch.equal(exported[name], w)
+    assert changed or method == "perp_bias_norm"  # biases and norms only: no weight matrix moves
+
+
+@pytest.mark.parametrize(
+    ("method", "message"),
+    [("lora_r8", "benchmark-only: its merge fills the pruned zeros"), ("nope", "unknown method")],
+)
+def test_fit_refuses_methods_that_fill_zeros(base, method, message):
+    with pytest.raises(ConfigError, match=message):
+        cfg(base, method=method)
