@@ -238,8 +238,7 @@ class CompensationFamily(nn.Module):
 
         def make(layer: int) -> Callable[..., Tensor]:
             def scale(z: Tensor, *, hook: Any) -> Tensor:
-                s = self._head_scale(layer).to(device=z.device, dtype=z.dtype)
-                return z * (1 + s)[:, None]
+                return _times(z, self._head_scale(layer)[:, None])
 
             return scale
 
@@ -434,9 +433,14 @@ def _layer_of(name: str) -> int | None:
 def _scale_input(scale: Callable[[], Tensor]) -> Callable[..., Any]:
     def hook(module: nn.Module, args: tuple[Tensor, ...]) -> Any:
         x = args[0]
-        return (x * (1 + scale().to(device=x.device, dtype=x.dtype)), *args[1:])
+        return (_times(x, scale()), *args[1:])
 
     return hook
+
+
+def _times(x: Tensor, delta: Tensor) -> Tensor:
+    """x (1 + delta), computed in fp32 (a small delta would vanish in 1 + delta in bf16) and cast back."""
+    return (x.float() * (1 + delta.float().to(x.device))).to(x.dtype)
 
 
 def _add_output(offset: Callable[[], Tensor]) -> Callable[..., Any]:
@@ -450,10 +454,10 @@ def _scale_norm(gain: Tensor, bias: Tensor | None) -> Callable[..., Any]:
     """g -> g (1 + d) on a norm's output: out (1 + d), less the bias's share for a LayerNorm."""
 
     def hook(module: nn.Module, args: Any, out: Tensor) -> Tensor:
-        d = gain.to(device=out.device, dtype=out.dtype)
         if bias is None:
-            return out * (1 + d)
-        return out + (out - bias.to(out)) * d
+            return _times(out, gain)
+        b = bias.to(out)
+        return b + _times(out - b, gain)
 
     return hook
 

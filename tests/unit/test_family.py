@@ -14,7 +14,7 @@ from lcc_lens.compensation import COMPONENTS, Compensation, CompensationConfig
 from lcc_lens.errors import CompensationFileError, ConfigError
 from lcc_lens.family import CompensationFamily, FamilyLayout, load_compensation
 from lcc_lens.models import HeadGeometry
-from lcc_lens.tiny import tiny_model
+from lcc_lens.tiny import tiny_model, tiny_tokenizer
 
 TOL = 1e-5
 MLP_LAYOUTS = ("llama", "gpt2")
@@ -153,3 +153,24 @@ def test_removing_a_component_restores_it_afterwards():
             with family.without(comp, layer=1):
                 assert (_logits(hooked) - full).abs().max() > 0, comp
     assert all(torch.equal(state[k], v) for k, v in family.state_dict().items())
+
+
+@pytest.mark.parametrize("layout", ["llama", "gpt2"])
+def test_bridge_attach_matches_the_plain_model_and_the_export(layout, tmp_path):
+    """On the TransformerBridge (hook_z for the head terms, the wrapped modules for the rest) the family
+    computes what it computes on the plain model and what its export computes."""
+    from lcc_lens.models import load_bridge
+
+    model = _pruned(layout)
+    model.save_pretrained(tmp_path / "m")
+    tiny_tokenizer().save_pretrained(tmp_path / "m")
+    bridge = load_bridge(str(tmp_path / "m"))[0]
+    components = COMPONENTS if layout in MLP_LAYOUTS else ("heads", "norms", "scales")
+    family = _family(model, components)
+    assert FamilyLayout.of(bridge) == family.layout
+    with family.attach(bridge) as hooked, torch.no_grad():
+        on_bridge = hooked(IDS, return_type="logits")
+    with family.attach(model) as hooked:
+        plain = _logits(hooked)
+    assert (on_bridge - plain).abs().max() <= 1e-4
+    assert (_logits(family.merge(model)[0]) - on_bridge).abs().max() <= 1e-4
