@@ -317,6 +317,9 @@ def test_cli_family_fit_exports_exactly(base, tmp_path):
     assert len(rows) == 4 * 3 and all(math.isfinite(r["loss_rise"]) for r in rows)
     assert any(r["loss_rise"] != 0 for r in rows)
     assert (out / "plots" / "family_attribution.html").is_file()
+    per_head = attribution["per_head"]
+    assert {r["component"] for r in per_head} == {"heads", "scales"}
+    assert sum(r["component"] == "heads" for r in per_head) <= 3  # the selected heads only
 
 
 @pytest.mark.parametrize("method", ["perp_bias_norm", "masked_lora_r8"])
