@@ -145,6 +145,11 @@ class FitConfig:
 
         parse_device_map(self.device_map)
         check_fit_method(self.method)
+        if self.method != "lcc" and self.compensation.compensate != ("heads",):
+            raise ConfigError(
+                f"--compensate chooses the LCC family's components; method {self.method!r} trains "
+                "its own tensors. Drop --compensate, or use --method lcc."
+            )
         if self.max_length < 2:
             raise ConfigError(f"max_length must be >= 2 tokens, got {self.max_length}.")
         if not self.worse_margin >= 0:
