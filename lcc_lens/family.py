@@ -24,9 +24,9 @@ import contextlib
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
@@ -41,6 +41,7 @@ from lcc_lens.compensation import (
     write_compensation_file,
 )
 from lcc_lens.errors import CompensationFileError, ConfigError, ExportError
+from lcc_lens.family_layout import MLP_ARCHITECTURES, FamilyLayout, by_hf_name, hf_model
 from lcc_lens.hooks import per_layer_hooks, temporary_hooks
 from lcc_lens.models import HeadGeometry
 from lcc_lens.types import ZOffsets
@@ -49,81 +50,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from lcc_lens.export import Route
-
-NormKind = Literal["gain", "one_plus", "layernorm"]
-_WRAPPED = "._original_component"
-_AS_LLAMA_MLP = {"llama", "mistral", "qwen2"}
-"""Model types whose export can carry a down_proj bias (Llama's ``mlp_bias``; the others as Llama)."""
-MLP_ARCHITECTURES = "Llama, Mistral and Qwen2 (exported as Llama) and GPT-2"
-
-
-@dataclass(frozen=True)
-class FamilyLayout:
-    """Where the family's terms act in a model: module names and sizes, recorded in the file."""
-
-    gpt2: bool
-    d_model: int
-    d_mlp: int
-    norms: tuple[tuple[str, NormKind, int], ...]
-    mlp_bias: bool
-
-    @classmethod
-    def of(cls, model: Any) -> FamilyLayout:
-        """The layout of a plain Hugging Face causal LM or of a bridge around one."""
-        hf = _hf(model)
-        gpt2 = hf.config.model_type == "gpt2"
-        modules = _named(hf.named_modules())
-        down = modules[_down_name(gpt2, 0)]
-        d_mlp, d_model = down.weight.shape if gpt2 else down.weight.shape[::-1]
-        norms: dict[str, tuple[str, NormKind, int]] = {}
-        for (
-            raw,
-            module,
-        ) in hf.named_modules():  # a bridge's wrappers are not norms; their inner ones are
-            kind, name = _norm_kind(module), raw.replace(_WRAPPED, "")
-            weight = getattr(module, "weight", None)
-            if kind is not None and isinstance(weight, Tensor) and name not in norms:
-                norms[name] = (name, kind, int(weight.shape[0]))
-        mt = hf.config.model_type
-        return cls(
-            gpt2, int(d_model), int(d_mlp), tuple(norms.values()), gpt2 or mt in _AS_LLAMA_MLP
-        )
-
-    def down(self, layer: int) -> str:
-        return _down_name(self.gpt2, layer)
-
-    def out_proj(self, layer: int) -> str:
-        return (
-            f"transformer.h.{layer}.attn.c_proj"
-            if self.gpt2
-            else f"model.layers.{layer}.self_attn.o_proj"
-        )
-
-
-def _down_name(gpt2: bool, layer: int) -> str:
-    return f"transformer.h.{layer}.mlp.c_proj" if gpt2 else f"model.layers.{layer}.mlp.down_proj"
-
-
-def _norm_kind(module: nn.Module) -> NormKind | None:
-    name = type(module).__name__
-    if isinstance(module, nn.LayerNorm):
-        return "layernorm"
-    if name.endswith("RMSNorm"):
-        return "one_plus" if name.startswith("Gemma") else "gain"
-    return None
-
-
-def _hf(model: Any) -> PreTrainedModel:
-    """The Hugging Face model inside a bridge, or the model itself."""
-    return getattr(model, "original_model", model)
-
-
-def _named(items: Iterator[tuple[str, Any]]) -> dict[str, Any]:
-    """Items by their Hugging Face name (a bridge's wrapper names stripped); the outermost one wins."""
-    out: dict[str, Any] = {}
-    for name, item in items:
-        out.setdefault(name.replace(_WRAPPED, ""), item)
-    return out
 
 
 class CompensationFamily(nn.Module):
@@ -187,8 +113,8 @@ class CompensationFamily(nn.Module):
     # ---- hooks --------------------------------------------------------------------------------
     def _module_hooks(self, model: Any) -> list[tuple[nn.Module, str, Callable[..., Any]]]:
         """(module, 'pre' or 'post', torch hook) for every term acting on a module of ``model``."""
-        modules = _named(_hf(model).named_modules())
-        params = _named(_hf(model).named_parameters())
+        modules = by_hf_name(hf_model(model).named_modules())
+        params = by_hf_name(hf_model(model).named_parameters())
         g, lay = self.geometry, self.layout
         out: list[tuple[nn.Module, str, Callable[..., Any]]] = []
         for layer in range(g.n_layers):
@@ -211,11 +137,11 @@ class CompensationFamily(nn.Module):
     def _hooked(self, model: Any, *, plain: bool) -> Iterator[None]:
         """Every term on ``model``: the head terms at the o_proj input (plain) or at hook_z (bridge)."""
         handles = []
-        self.to(next(_hf(model).parameters()).device)
+        self.to(next(hf_model(model).parameters()).device)
         try:
             hooks = self._module_hooks(model)
             if plain and "scales" in self.components:
-                modules = _named(model.named_modules())
+                modules = by_hf_name(model.named_modules())
                 d = self.geometry.d_head
                 for layer in range(self.geometry.n_layers):
                     flat = _scale_input(lambda i=layer: self._head_scale(i).repeat_interleave(d))
@@ -309,7 +235,7 @@ class CompensationFamily(nn.Module):
 
         self.check_finite()
         out, route = biased_copy(model, mlp="mlp" in self.components)
-        modules = _named(out.named_modules())
+        modules = by_hf_name(out.named_modules())
         offsets = self.z_offsets().detach().float().cpu()
         g, lay = self.geometry, self.layout
         for layer, proj in enumerate(output_projections(out)):
