@@ -56,6 +56,8 @@ _LAZY: dict[str, str] = {
     # compensation, training, export
     "Compensation": "lcc_lens.compensation",
     "CompensationConfig": "lcc_lens.compensation",
+    "CompensationFamily": "lcc_lens.family",
+    "load_compensation": "lcc_lens.family",
     "TrainConfig": "lcc_lens.training",
     "train": "lcc_lens.training",
     "export_checkpoint": "lcc_lens.export",
@@ -122,6 +124,8 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time these load 
     from lcc_lens.export import export_checkpoint as export_checkpoint
     from lcc_lens.export import merge as merge
     from lcc_lens.export import unmerge as unmerge
+    from lcc_lens.family import CompensationFamily as CompensationFamily
+    from lcc_lens.family import load_compensation as load_compensation
     from lcc_lens.fit import FitConfig as FitConfig
     from lcc_lens.fit import FitResult as FitResult
     from lcc_lens.hooks import capture_z as capture_z
@@ -171,6 +175,7 @@ __all__ = [
     "CheckpointError",
     "Compensation",
     "CompensationConfig",
+    "CompensationFamily",
     "CompensationFileError",
     "ConfigError",
     "DataConfig",
@@ -215,6 +220,7 @@ __all__ = [
     "hook_z_name",
     "load_bridge",
     "load_causal_lm",
+    "load_compensation",
     "logit_gain",
     "logit_lens",
     "lost_components",

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 Init = Literal["zeros", "lost_component"]
 INITS: tuple[Init, ...] = ("zeros", "lost_component")
+COMPONENTS: tuple[str, ...] = ("heads", "mlp", "norms", "scales")
+"""The parts of the LCC family (:mod:`lcc_lens.family`); ``heads`` alone is the original LCC."""
 COMPENSATION_FILE = "compensation.safetensors"
 
 
@@ -53,6 +55,14 @@ class CompensationConfig:
         default="zeros",
         metadata={"help": "start from zero offsets or from the training-free lost components"},
     )
+    compensate: tuple[str, ...] = field(
+        default=("heads",),
+        metadata={
+            "help": "the LCC family components to train, comma-separated: heads (per-head offsets "
+            "at hook_z), mlp (per-layer MLP output offsets), norms (norm gains), scales (per-head "
+            "and per-MLP-channel output scales)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
@@ -65,6 +75,14 @@ class CompensationConfig:
             )
         if self.init == "lost_component" and not self.use_bias:
             raise ConfigError("init 'lost_component' sets b, so it needs use_bias=true.")
+        names = tuple(self.compensate) if isinstance(self.compensate, (tuple, list)) else ()
+        unknown = [c for c in names if c not in COMPONENTS]
+        if not names or unknown or len(set(names)) != len(names):
+            raise ConfigError(
+                f"compensate {self.compensate!r}: give one or more distinct components of "
+                f"{', '.join(COMPONENTS)} (e.g. --compensate heads,mlp)."
+            )
+        object.__setattr__(self, "compensate", names)
 
 
 class Compensation(nn.Module):
@@ -212,6 +230,13 @@ class Compensation(nn.Module):
     # ---- persistence --------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> Path:
         """Write ``compensation.safetensors`` (z_offsets first, then beta, b, V, heads) atomically."""
+        tensors, meta = self.payload(metadata)
+        return write_compensation_file(path, tensors, meta)
+
+    def payload(
+        self, metadata: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Tensor], dict[str, str]]:
+        """The tensors and string metadata :meth:`save` writes."""
         offsets = self.z_offsets().detach().float().cpu()
         check_finite(offsets)
         meta = {
@@ -232,15 +257,25 @@ class Compensation(nn.Module):
             "directions": self.directions.detach().float().cpu().contiguous(),
             "heads": self.heads.cpu().contiguous(),
         }
-        path = Path(path)
-        with atomic_file(path) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
-        return path
+        return tensors, meta
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Compensation:
         """Read a file written by :meth:`save`, validating shapes and values."""
         tensors, meta = read_compensation_file(path)
+        if FAMILY_KEY in meta:
+            raise CompensationFileError(
+                f"{path}: it holds LCC family components ({meta[FAMILY_KEY]}) beyond the head "
+                "offsets; load it with lcc_lens.family.load_compensation (or "
+                "CompensationFamily.load) so that none of them is dropped."
+            )
+        return cls.from_tensors(tensors, meta, path)
+
+    @classmethod
+    def from_tensors(
+        cls, tensors: dict[str, Tensor], meta: dict[str, str], path: str | os.PathLike[str]
+    ) -> Compensation:
+        """The head offsets of a read compensation file (see :meth:`load`)."""
         recorded = recorded_geometry(meta, path)
         if recorded is None:
             raise CompensationFileError(
@@ -282,6 +317,18 @@ class Compensation(nn.Module):
 
 
 _FLAGS = ("use_directions", "use_bias")
+FAMILY_KEY = "family_components"
+"""Metadata key of a file that also holds LCC family components (:mod:`lcc_lens.family`)."""
+
+
+def write_compensation_file(
+    path: str | os.PathLike[str], tensors: dict[str, Tensor], meta: dict[str, str]
+) -> Path:
+    """Write a compensation's tensors and metadata as safetensors, atomically."""
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return path
 
 
 def _stored_heads(

@@ -36,6 +36,8 @@ from lcc_lens import __version__
 from lcc_lens.atomic import atomic_dir
 from lcc_lens.compensation import COMPENSATION_FILE, Compensation, check_finite
 from lcc_lens.errors import ExportError
+from lcc_lens.family import CompensationFamily
+from lcc_lens.methods.base import RestorationMethod
 from lcc_lens.model_files import INDEX, SINGLE, checked_structure
 from lcc_lens.models import describe, load_causal_lm, resolve_model_source
 from lcc_lens.types import ZOffsets
@@ -252,7 +254,7 @@ def _streamable(source: str | os.PathLike[str]) -> Path | None:
 
 def export_checkpoint(
     pruned_source: str | os.PathLike[str],
-    compensation: Compensation,
+    compensation: Compensation | CompensationFamily | RestorationMethod,
     out_dir: str | os.PathLike[str],
     *,
     dense_source: str | os.PathLike[str] | None = None,
@@ -262,6 +264,11 @@ def export_checkpoint(
 ) -> Path:
     """Merge ``compensation`` into a copy of the pruned checkpoint and save a plain HF directory.
 
+    An LCC family (:class:`~lcc_lens.family.CompensationFamily`) is merged in memory with every term
+    folded in (:meth:`~lcc_lens.family.CompensationFamily.merge`); a zero-keeping peer method
+    (``lcc fit --method``) by its own :meth:`~lcc_lens.methods.base.RestorationMethod.export`, without a
+    compensation file.
+
     The directory holds the merged model (safetensors), config, tokenizer, ``compensation.safetensors``
     and ``lcc_export.json`` (route, identities, version). Written atomically: on any error nothing remains.
     A local safetensors checkpoint on the ``same-class`` / ``as-llama`` routes is exported shard by shard
@@ -269,9 +276,12 @@ def export_checkpoint(
     otherwise the model is loaded in fp32 and merged in memory. ``model``/``tokenizer`` may pass an
     already-loaded clean (never bridged) copy of the pruned model (forces the in-memory export).
     """
-    offsets = compensation.z_offsets().detach().float().cpu()
-    check_finite(offsets)
-    stream = _streamable(pruned_source) if model is None else None
+    peer = isinstance(compensation, RestorationMethod)
+    offsets = None if peer else compensation.z_offsets().detach().float().cpu()
+    if offsets is not None:
+        check_finite(offsets)
+    family = isinstance(compensation, CompensationFamily)
+    stream = _streamable(pruned_source) if model is None and not (family or peer) else None
     identities = {"pruned": describe(pruned_source)}
     if dense_source is not None:
         identities["dense"] = describe(dense_source)
@@ -286,7 +296,11 @@ def export_checkpoint(
     else:
         if model is None or tokenizer is None:
             model, tokenizer = load_causal_lm(pruned_source, dtype=torch.float32, device="cpu")
-        merged, route = merge(model, offsets)
+        if peer:
+            merged = compensation.export(model)
+            route = route_for(merged)
+        else:
+            merged, route = compensation.merge(model) if family else merge(model, offsets)
         names = (type(model).__name__, type(merged).__name__)
         write = _memory_writer(merged, tokenizer)
     info = {
@@ -295,15 +309,17 @@ def export_checkpoint(
         "writer": "shards" if stream is not None and route != "native" else "in-memory",
         "source_architecture": names[0],
         "exported_architecture": names[1],
-        "n_selected_heads": compensation.n_selected,
+        "method": compensation.name if peer else "lcc",
+        "n_selected_heads": getattr(compensation, "n_selected", 0),
         "models": identities,
         **(metadata or {}),
     }
     with atomic_dir(out_dir) as tmp:
         write(tmp)
-        compensation.save(
-            tmp / COMPENSATION_FILE, metadata={"models": identities, **(metadata or {})}
-        )
+        if not peer:  # a peer method's trained tensors live in the merged weights only
+            compensation.save(
+                tmp / COMPENSATION_FILE, metadata={"models": identities, **(metadata or {})}
+            )
         (tmp / "lcc_export.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     logger.info("exported merged checkpoint (%s route, %s) to %s", route, info["writer"], out_dir)
     return Path(out_dir)

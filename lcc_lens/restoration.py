@@ -28,6 +28,7 @@ from torch import Tensor
 from lcc_lens.compensation import Compensation
 from lcc_lens.diff import DiffAccumulator, DiffConfig, HeadDiff, diff_batches
 from lcc_lens.errors import ConfigError
+from lcc_lens.family import CompensationFamily
 from lcc_lens.hooks import capture_z
 from lcc_lens.models import HeadGeometry, ModelPair
 from lcc_lens.progress import progress
@@ -72,7 +73,7 @@ class RestorationStats:
 @torch.no_grad()
 def restoration_stats(
     pair: ModelPair,
-    compensation: Compensation,
+    compensation: Compensation | CompensationFamily,
     prompts: Sequence[str],
     diff_config: DiffConfig | None = None,
     *,

@@ -430,7 +430,7 @@ def train(
     steps_per_epoch = max(1, math.ceil(len(train_data) / (cfg.batch_size * cfg.grad_accum)))
     history: list[dict[str, Any]] = []
     start = 0
-    if not trainable or getattr(comp, "n_selected", 1) == 0 or total == 0:
+    if sum(p.numel() for p in trainable) == 0 or total == 0:
         logger.info("nothing to train (%d trainable tensors, %d steps)", len(trainable), total)
         return history
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -482,4 +482,6 @@ def train(
             on_step(step + 1, row)
     if isinstance(comp, Compensation):
         check_finite(comp.z_offsets().detach())
+    elif callable(getattr(comp, "check_finite", None)):
+        comp.check_finite()
     return history

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from lcc_lens import distributed
+from lcc_lens.attribution import FamilyAttribution, family_attribution
 from lcc_lens.compensation import COMPENSATION_FILE, Compensation
 from lcc_lens.components import LostComponents
 from lcc_lens.data import FitData
 from lcc_lens.diff import HeadDiff
 from lcc_lens.errors import ConfigError
+from lcc_lens.family import CompensationFamily
 from lcc_lens.fit import run_dir as rd
 from lcc_lens.fit.config import FitConfig
 from lcc_lens.fit.evaluate import (
@@ -40,16 +42,20 @@ from lcc_lens.fit.evaluate import (
 from lcc_lens.fit.stage_clock import StageClock
 from lcc_lens.fit.stages import (
     EncodedData,
+    LostStage,
     ResolvedPair,
     build_compensation,
     choose_data,
     find_lost_components,
+    no_heads,
+    prepare_method,
     resolve_pair,
     run_identity,
     select,
     train_compensation,
 )
 from lcc_lens.fit.summary import summary_table
+from lcc_lens.methods.base import RestorationMethod
 from lcc_lens.models import ModelPair, describe
 from lcc_lens.restoration import RestorationStats
 from lcc_lens.selection import HeadRanking
@@ -71,9 +77,9 @@ class FitResult:
 
     config: FitConfig
     pair: ModelPair
-    compensation: Compensation
+    compensation: Compensation | CompensationFamily | RestorationMethod
     ranking: HeadRanking
-    components: LostComponents
+    components: LostComponents | None
     diff: HeadDiff | None
     history: list[dict[str, Any]]
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -81,6 +87,7 @@ class FitResult:
     out_dir: Path | None = None
     restoration: RestorationStats | None = None
     data_description: dict[str, Any] = field(default_factory=dict)
+    attribution: FamilyAttribution | None = None
 
 
 def fit(
@@ -166,11 +173,18 @@ def _fit_from_data(
 ) -> FitResult:
     """The stages after the data is chosen (see :func:`fit`)."""
     pair = resolved.pair
-    with clock.stage("lost_components"):
-        lost = find_lost_components(pair, encoded, config)
-    with clock.stage("select"):
-        ranking = select(pair, encoded, lost, config)
-    comp = build_compensation(pair, ranking.selected, lost.components, config)
+    comp: Compensation | CompensationFamily | RestorationMethod
+    lost: LostStage | None = None
+    if config.method == "lcc":
+        with clock.stage("lost_components"):
+            lost = find_lost_components(pair, encoded, config)
+        with clock.stage("select"):
+            ranking = select(pair, encoded, lost, config)
+        comp = build_compensation(pair, ranking.selected, lost.components, config)
+    else:
+        with clock.stage("prepare"):
+            comp = prepare_method(config, resolved, encoded)
+        ranking = no_heads(pair, config.method)
     with clock.stage("train"):
         trained = train_compensation(
             pair,
@@ -191,15 +205,15 @@ def _fit_from_data(
     with clock.stage("evaluate"):
         evaluation = heldout_evaluation(pair, comp, encoded, config)
     metrics.update(headline_metrics(evaluation, encoded.texts.config.test_domain))
-    metrics["n_selected_heads"] = comp.n_selected
+    metrics["n_selected_heads"] = getattr(comp, "n_selected", 0)
     metrics["n_trainable_parameters"] = sum(p.numel() for p in comp.parameters() if p.requires_grad)
     result = FitResult(
         config,
         pair,
         comp,
         ranking,
-        lost.components,
-        lost.diff,
+        None if lost is None else lost.components,
+        None if lost is None else lost.diff,
         trained.history,
         metrics,
         resolved.pruned_source,
@@ -210,7 +224,13 @@ def _fit_from_data(
         check_not_diverged(trained, config)  # before anything is exported (same on every rank)
     if run is not None and distributed.context().is_main:
         with clock.stage("restoration"):
-            result.restoration = restoration(pair, comp, encoded, config)
+            if lost is not None:  # a peer method has no head offsets to measure
+                result.restoration = restoration(pair, comp, encoded, config)
+        if isinstance(comp, CompensationFamily) and encoded.validation:
+            with clock.stage("attribution"):
+                result.attribution = family_attribution(
+                    pair, comp, encoded.validation, config.train
+                )
         with clock.stage("export"):
             _export(result, encoded, run)
         metrics["stages"] = clock.to_list()
@@ -228,11 +248,13 @@ def _export(result: FitResult, encoded: EncodedData, run: Path) -> None:
     cfg = result.config
     meta = {
         "models": {"dense": describe(cfg.dense), "pruned": describe(result.pruned_source)},
+        "method": cfg.method,
         "selection": result.ranking.method,
         "k": cfg.compensation.k,
         "objective": cfg.train.objective,
     }
-    result.compensation.save(run / COMPENSATION_FILE, metadata=meta)
+    if not isinstance(result.compensation, RestorationMethod):
+        result.compensation.save(run / COMPENSATION_FILE, metadata=meta)
     model_dir = export(result.pruned_source, result.compensation, run / "model", meta)
     texts = encoded.texts
     check_text = "\n\n".join(

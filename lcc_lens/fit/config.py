@@ -90,6 +90,13 @@ class FitConfig:
         default=0,
         metadata={"help": "the run's seed, used by every stage (data, diff, selection, training)"},
     )
+    method: str = field(
+        default="lcc",
+        metadata={
+            "help": "what the fit trains: lcc (the compensation, see --compensate) or a zero-keeping "
+            "peer method (masked_lora_r8, masked_lora_matched, spp_r8, perp_bias_norm, masked_full_ft)"
+        },
+    )
     max_length: int = field(
         default=128,
         metadata={"help": "tokens per training / validation example (prompt + response)"},
@@ -145,6 +152,12 @@ class FitConfig:
         from lcc_lens.placement import parse_device_map
 
         parse_device_map(self.device_map)
+        check_fit_method(self.method)
+        if self.method != "lcc" and self.compensation.compensate != ("heads",):
+            raise ConfigError(
+                f"--compensate chooses the LCC family's components; method {self.method!r} trains "
+                "its own tensors. Drop --compensate, or use --method lcc."
+            )
         if self.max_length < 2:
             raise ConfigError(f"max_length must be >= 2 tokens, got {self.max_length}.")
         if not 0 <= self.worse_margin < math.inf:
@@ -250,3 +263,23 @@ def _nest_legacy(values: Any) -> Any:
                 raise ConfigError(f"both {old!r} and {new!r} are set; keep only {new!r}.")
             target[name] = value
     return out
+
+
+def check_fit_method(name: str) -> None:
+    """Refuse a method the fit cannot export without filling the pruned zeros, or an unknown one."""
+    from lcc_lens.methods import METHOD_NAMES, ZERO_KEEPING_PEERS
+
+    if name == "lcc" or name in ZERO_KEEPING_PEERS:
+        return
+    choices = ", ".join(("lcc", *ZERO_KEEPING_PEERS))
+    if name.startswith(("lora", "dora")):
+        raise ConfigError(
+            f"method {name!r} is benchmark-only: its merge fills the pruned zeros. "
+            f"The fit trains one of: {choices}."
+        )
+    if name in METHOD_NAMES:
+        raise ConfigError(
+            f"method {name!r} is a benchmark variant (run it with lcc bench); the fit trains one of: "
+            f"{choices} (lcc's variants through --select-method and --compensate)."
+        )
+    raise ConfigError(f"unknown method {name!r}; the fit trains one of: {choices}.")

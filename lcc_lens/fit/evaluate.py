@@ -13,8 +13,10 @@ import torch
 from lcc_lens.compensation import Compensation
 from lcc_lens.errors import DivergedError
 from lcc_lens.evaluation.protocol import ProtocolResult, evaluate
+from lcc_lens.family import CompensationFamily
 from lcc_lens.fit.config import FitConfig
 from lcc_lens.fit.stages import EncodedData, Trained
+from lcc_lens.methods.base import RestorationMethod
 from lcc_lens.models import ModelPair
 from lcc_lens.restoration import RestorationStats, restoration_stats
 
@@ -27,7 +29,7 @@ class FitDivergedError(DivergedError):
 
 def heldout_evaluation(
     pair: ModelPair,
-    compensation: Compensation | None,
+    compensation: Compensation | CompensationFamily | RestorationMethod | None,
     data: EncodedData,
     config: FitConfig,
     *,
@@ -86,7 +88,7 @@ def headline_metrics(result: ProtocolResult, test_domain: str) -> dict[str, Any]
 
 def restoration(
     pair: ModelPair,
-    compensation: Compensation,
+    compensation: Compensation | CompensationFamily | RestorationMethod,
     data: EncodedData,
     config: FitConfig,
     n_prompts: int = 32,
@@ -118,7 +120,10 @@ def check_not_diverged(trained: Trained, config: FitConfig) -> None:
 
 
 def export(
-    pruned_source: str, compensation: Compensation, model_dir: Path, meta: dict[str, Any]
+    pruned_source: str,
+    compensation: Compensation | CompensationFamily | RestorationMethod,
+    model_dir: Path,
+    meta: dict[str, Any],
 ) -> Path:
     """The plain Hugging Face checkpoint with the compensation merged into the o_proj biases."""
     from lcc_lens.export import export_checkpoint
@@ -129,7 +134,7 @@ def export(
 @torch.no_grad()
 def export_check(
     pair: ModelPair,
-    compensation: Compensation,
+    compensation: Compensation | CompensationFamily | RestorationMethod,
     model_dir: Path,
     text: str,
     config: FitConfig,
@@ -150,8 +155,8 @@ def export_check(
         return float("nan")
     merged, tok = load_causal_lm(model_dir, device=pair.device)
     ids = tok(text[:2000], return_tensors="pt")["input_ids"][:, :64].to(pair.device)
-    with compensation.attach(pair.pruned):
-        hooked = pair.pruned(ids, return_type="logits")
+    with compensation.attach(pair.pruned) as restored:
+        hooked = restored(ids, return_type="logits")
     diff = float((merged(ids).logits.float() - hooked.float()).abs().max())
     del merged
     return diff

@@ -64,7 +64,7 @@ RUN_OUTPUTS = frozenset(
     }
 )
 """Every name a fit writes into its run directory: the only names clearing a run ever removes."""
-PLOT_STEMS = ("training_curves", "perplexity", "restoration")
+PLOT_STEMS = ("training_curves", "perplexity", "restoration", "family_attribution")
 PLOT_OUTPUTS = frozenset(f"{stem}.{ext}" for stem in PLOT_STEMS for ext in ("html", "png"))
 """The files a fit writes into ``plots/``: clearing removes these there, never the folder whole."""
 _TEMPORARY = re.compile(r"\.(?P<name>.+)\.[^.]+\.tmp")
@@ -317,7 +317,10 @@ def write_config(run: Path, config_dict: dict[str, Any]) -> None:
 
 def write_outputs(result: FitResult, run: Path) -> None:
     """heads.json, metrics.json and the plots (the compensation and model/ are written by export)."""
-    write_json(run / "heads.json", result.ranking.to_json(result.pair.geometry))
+    heads = result.ranking.to_json(result.pair.geometry)
+    if result.attribution is not None:
+        heads["family_attribution"] = result.attribution.to_json()
+    write_json(run / "heads.json", heads)
     write_json(run / "metrics.json", metrics_json(result))
     write_plots(result, run / "plots")
 
@@ -333,7 +336,7 @@ def write_plots(result: FitResult, folder: Path) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     m = result.metrics
-    curves, perplexity, restoration = PLOT_STEMS
+    curves, perplexity, restoration, attribution = PLOT_STEMS
     if result.history:  # nothing trained (zero heads or zero steps): no curve to draw
         plots.save_figure(plots.training_curves(result.history), folder / curves)
     ppl = {k: m[f"ppl_{k}"] for k in ("dense", "pruned", "restored") if f"ppl_{k}" in m}
@@ -343,6 +346,9 @@ def write_plots(result: FitResult, folder: Path) -> None:
             result.restoration, result.pair.geometry, result.compensation.selected_heads()
         )
         plots.save_figure(fig, folder / restoration)
+    if result.attribution is not None:
+        fig = plots.family_attribution_figure(result.attribution)
+        plots.save_figure(fig, folder / attribution)
 
 
 def mark_complete(run: Path, summary: dict[str, Any]) -> None:

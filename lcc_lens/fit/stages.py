@@ -24,8 +24,10 @@ from lcc_lens.components import LostComponents, cached_lost_components, lost_com
 from lcc_lens.data import Encoded, FitData, encode, fit_data
 from lcc_lens.diff import HeadDiff
 from lcc_lens.errors import ConfigError
+from lcc_lens.family import CompensationFamily, FamilyLayout
 from lcc_lens.fit.config import FitConfig
 from lcc_lens.fit.stage_clock import StageClock
+from lcc_lens.methods.base import RestorationMethod
 from lcc_lens.models import ModelPair, resolve_device
 from lcc_lens.placement import parse_device_map
 from lcc_lens.probe_data import ProbeSample, fit_probe_items, probe_samples
@@ -233,19 +235,51 @@ def build_compensation(
     heads: Sequence[tuple[int, int]],
     components: LostComponents,
     config: FitConfig,
-) -> Compensation:
-    """A fresh compensation on ``heads`` (zero offsets, or the lost components with init)."""
+) -> Compensation | CompensationFamily:
+    """A fresh compensation on ``heads`` (zero offsets, or the lost components with init); with
+    ``compensate`` beyond ``heads``, the LCC family of those components (every other term zero)."""
     ccfg = config.compensation
+    on_heads = "heads" in ccfg.compensate
     comp = Compensation(
         pair.geometry,
-        heads,
+        heads if on_heads else [],
         components.directions,
         use_directions=ccfg.use_directions,
         use_bias=ccfg.use_bias,
     )
     if ccfg.init == "lost_component" and comp.n_selected:
         comp.init_from(components.components)
-    return comp
+    if ccfg.compensate == ("heads",):
+        return comp
+    return CompensationFamily(comp, FamilyLayout.of(pair.pruned), ccfg.compensate)
+
+
+def prepare_method(
+    config: FitConfig, resolved: ResolvedPair, data: EncodedData
+) -> RestorationMethod:
+    """The zero-keeping peer method ``config.method``, prepared on the fit's pair and data."""
+    from lcc_lens.methods import MethodContext, make_method
+
+    ctx = MethodContext(
+        resolved.pair,
+        config.dense,
+        resolved.pruned_source,
+        data.texts,
+        data.train,
+        config.train,
+        seed=config.seed,
+        fit=config,
+    )
+    method = make_method(config.method)
+    method.prepare(ctx)
+    logger.info("%s: %d trainable parameters", method.name, method.n_trainable)
+    return method
+
+
+def no_heads(pair: ModelPair, method: str) -> HeadRanking:
+    """The (empty) head ranking of a fit whose method compensates no head."""
+    g = pair.geometry
+    return HeadRanking(f"none ({method})", torch.zeros(g.n_layers, g.n_heads), [], [])
 
 
 @dataclass
@@ -272,7 +306,7 @@ def run_identity(config: FitConfig, pruned_source: str, heads: Sequence[tuple[in
 
 def train_compensation(
     pair: ModelPair,
-    comp: Compensation,
+    comp: Compensation | CompensationFamily | RestorationMethod,
     data: EncodedData,
     config: FitConfig,
     *,

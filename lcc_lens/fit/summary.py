@@ -15,7 +15,7 @@ def summary_table(result: FitResult) -> str:
     rows = [
         ("dense", m.get("ppl_dense")),
         ("pruned", m.get("ppl_pruned")),
-        ("restored (LCC)", m.get("ppl_restored")),
+        (_restored_label(result.config.method), m.get("ppl_restored")),
     ]
     domain = m.get("eval_domain", "held-out")
     lines = ["", f"model            held-out PPL ({domain})", "---------------  ------------"]
@@ -54,3 +54,7 @@ def summary_table(result: FitResult) -> str:
     if result.out_dir is not None:
         lines.append(f"run directory: {result.out_dir}")
     return "\n".join(lines)
+
+
+def _restored_label(method: str) -> str:
+    return "restored (LCC)" if method == "lcc" else f"restored ({method})"

@@ -25,6 +25,7 @@ from lcc_lens.methods.overrides import OverrideMethod, module_key, norm_paramete
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+    from lcc_lens.export import Route
     from lcc_lens.methods.context import MethodContext
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,24 @@ def output_bias_names(model: PreTrainedModel) -> dict[str, list[str]]:
     }
 
 
+def biased_copy(model: PreTrainedModel, *, mlp: bool = True) -> tuple[PreTrainedModel, Route]:
+    """A frozen copy of ``model`` computing the same function with a (zero where new) o_proj bias and,
+    with ``mlp``, a down_proj bias where the class can hold one (``mlp_bias``); and its export route."""
+    from lcc_lens.export import with_output_bias
+    from lcc_lens.pruning import find_decoder_layers
+    from lcc_lens.pruning.structured import enable_output_biases
+
+    out, route = with_output_bias(clean_copy(model))
+    _prefix, layers = find_decoder_layers(out)
+    if (
+        mlp
+        and hasattr(layers[0], "self_attn")
+        and hasattr(getattr(layers[0], "mlp", None), "down_proj")
+    ):
+        enable_output_biases(out, layers)  # Llama-style layers: a down_proj bias where it can be
+    return out, route
+
+
 class BiasNorm(OverrideMethod):
     """o_proj bias + down_proj bias + every norm parameter, trained; weights untouched."""
 
@@ -65,18 +84,7 @@ class BiasNorm(OverrideMethod):
 
     def frozen_model(self, model: PreTrainedModel) -> PreTrainedModel:
         """A frozen copy of ``model`` with (zero) o_proj and, where possible, down_proj biases."""
-        from lcc_lens.export import with_output_bias
-        from lcc_lens.pruning import find_decoder_layers
-        from lcc_lens.pruning.structured import enable_output_biases
-
-        out, _route = with_output_bias(clean_copy(model))
-        _prefix, layers = find_decoder_layers(out)
-        if hasattr(layers[0], "self_attn") and hasattr(
-            getattr(layers[0], "mlp", None), "down_proj"
-        ):
-            enable_output_biases(
-                out, layers
-            )  # Llama-style layers: a down_proj bias where it can be
+        out, _route = biased_copy(model)
         out.requires_grad_(False)
         return out.eval()
 

@@ -15,6 +15,7 @@ from lcc_lens.plots.lens import logit_gain_figure, logit_lens_figure
 from lcc_lens.plots.probe import probe_null_figure
 from lcc_lens.plots.restoration import (
     comparison_bar,
+    family_attribution_figure,
     restoration_heatmap,
     restoration_ranking,
     training_curves,
@@ -25,6 +26,7 @@ __all__ = [
     "RestorationStats",
     "comparison_bar",
     "component_rank_effect",
+    "family_attribution_figure",
     "head_heatmap",
     "logit_gain_figure",
     "logit_lens_figure",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from lcc_lens.attribution import FamilyAttribution
 from lcc_lens.errors import ConfigError
 from lcc_lens.models import HeadGeometry
 from lcc_lens.plots._common import FONT, head_axes, heatmap_trace, ranked, selected_trace
@@ -221,5 +222,32 @@ def comparison_bar(
         font=FONT,
         width=600,
         height=450,
+    )
+    return fig
+
+
+def family_attribution_figure(attribution: FamilyAttribution) -> go.Figure:
+    """Per layer, how much each LCC family component restored: the validation objective's rise when
+    that component alone is removed in that layer (bars grouped by layer, one colour per component)."""
+    import plotly.graph_objects as go
+
+    if not attribution.per_layer:
+        raise ConfigError("the attribution has no component: there is nothing to draw.")
+    fig = go.Figure()
+    for component, rises in attribution.per_layer.items():
+        whole = attribution.removed[component]
+        fig.add_trace(
+            go.Bar(
+                x=list(range(len(rises))), y=rises, name=f"{component} (all layers: {whole:+.4f})"
+            )
+        )
+    fig.update_layout(
+        title=f"what each component restored ({attribution.objective} objective, "
+        f"{attribution.n_examples} validation examples)",
+        xaxis_title="layer",
+        yaxis_title="objective rise when removed (nats/token)",
+        barmode="group",
+        font=FONT,
+        legend={"orientation": "h", "y": -0.2},
     )
     return fig

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -289,3 +290,69 @@ def test_module_entry_point_runs_as_a_program():
         [sys.executable, "-m", "lcc_lens.fit", "--lr", "-1"], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "lr" in bad.stderr
+
+
+def test_cli_family_fit_exports_exactly(base, tmp_path):
+    """--compensate heads,mlp,norms,scales: every term trained, exported and reloaded exactly."""
+    from lcc_lens.family import CompensationFamily, load_compensation
+
+    out = tmp_path / "family"
+    argv = ["--dense", base["dense"], "--pruned", base["pruned"], "--out", str(out)]
+    argv += ["--n-train", "16", "--steps", "3", "--train-batch-size", "4", "--n-heads", "3"]
+    argv += ["--windows", "2", "--context-length", "64", "--max-length", "96", "--device", "cpu"]
+    argv += ["--select-method", "norm", "--compensate", "heads,mlp,norms,scales", "--lr", "1e-2"]
+    assert main(argv) == 0
+    comp = load_compensation(out / "compensation.safetensors")
+    assert isinstance(comp, CompensationFamily) and comp.n_selected == 3
+    for name in ("mlp_offset", "head_scale", "channel_scale"):
+        assert getattr(comp, name).abs().max() > 0, name  # trained away from zero
+    assert all(p.abs().max() > 0 for p in comp.norm_gain.values())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["summary"]["export_max_abs_logit_diff"] < 1e-4
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["mlp_bias"] is True and config["attention_bias"] is True
+    attribution = json.loads((out / "heads.json").read_text())["family_attribution"]
+    assert set(attribution["loss_rise_removed"]) == {"heads", "mlp", "norms", "scales"}
+    rows = attribution["per_layer"]
+    assert len(rows) == 4 * 3 and all(math.isfinite(r["loss_rise"]) for r in rows)
+    assert any(r["loss_rise"] != 0 for r in rows)
+    assert (out / "plots" / "family_attribution.html").is_file()
+    per_head = attribution["per_head"]
+    assert {r["component"] for r in per_head} == {"heads", "scales"}
+    assert sum(r["component"] == "heads" for r in per_head) <= 3  # the selected heads only
+
+
+@pytest.mark.parametrize("method", ["perp_bias_norm", "masked_lora_r8"])
+def test_cli_fit_of_a_peer_method_exports_exactly_and_keeps_zeros(base, tmp_path, method):
+    """--method NAME trains a zero-keeping peer through the fit's stages and its one export path."""
+    from safetensors.torch import load_file as read
+
+    out = tmp_path / method
+    argv = ["--dense", base["dense"], "--pruned", base["pruned"], "--out", str(out)]
+    argv += ["--n-train", "16", "--steps", "3", "--train-batch-size", "4", "--method", method]
+    argv += ["--windows", "2", "--context-length", "64", "--max-length", "96", "--device", "cpu"]
+    argv += ["--lr", "5e-3"]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["summary"]["export_max_abs_logit_diff"] < 1e-4
+    assert len(metrics["history"]) == 3
+    assert not (out / "compensation.safetensors").exists()
+    assert json.loads((out / "model" / "lcc_export.json").read_text())["method"] == method
+    (pruned_file,) = Path(base["pruned"]).glob("*.safetensors")
+    pruned = read(str(pruned_file))
+    exported = read(str(out / "model" / "model.safetensors"))
+    changed = False
+    for name, w in pruned.items():
+        if w.dim() == 2 and name in exported:
+            assert (exported[name][w == 0] == 0).all(), name
+            changed |= not torch.equal(exported[name], w)
+    assert changed or method == "perp_bias_norm"  # biases and norms only: no weight matrix moves
+
+
+@pytest.mark.parametrize(
+    ("method", "message"),
+    [("lora_r8", "benchmark-only: its merge fills the pruned zeros"), ("nope", "unknown method")],
+)
+def test_fit_refuses_methods_that_fill_zeros(base, method, message):
+    with pytest.raises(ConfigError, match=message):
+        cfg(base, method=method)
