@@ -25,12 +25,14 @@ from lcc_lens.data import FitData
 from lcc_lens.diff import HeadDiff
 from lcc_lens.errors import ConfigError
 from lcc_lens.fit import run_dir as rd
+from lcc_lens.fit.clock import StageClock
 from lcc_lens.fit.config import FitConfig
 from lcc_lens.fit.evaluate import (
     FitDivergedError,
     check_not_diverged,
     export,
     export_check,
+    export_check_text,
     headline_metrics,
     heldout_evaluation,
     restoration,
@@ -49,6 +51,7 @@ from lcc_lens.fit.stages import (
 )
 from lcc_lens.fit.summary import summary_table
 from lcc_lens.models import ModelPair, describe
+from lcc_lens.placement import resolve_device
 from lcc_lens.restoration import RestorationStats
 from lcc_lens.selection import HeadRanking
 from lcc_lens.training import has_checkpoint
@@ -106,9 +109,12 @@ def fit(
     existed = run is not None and run.exists()
     if run is not None:
         rd.check_run_dir(run, resume=resume, overwrite=overwrite)
-    resolved = resolve_pair(config)  # checks the lengths against the model's positions
+    clock = StageClock(resolve_device(config.device))
+    with clock.stage("load"):
+        resolved = resolve_pair(config)  # checks the lengths against the model's positions
     pair = resolved.pair
-    encoded = choose_data(config, pair, data)
+    with clock.stage("data"):
+        encoded = choose_data(config, pair, data)
     main = distributed.context().is_main  # under torchrun every rank computes, rank 0 writes
     distributed.barrier()  # every rank has checked --out before rank 0 creates anything
     if run is not None and main:
@@ -116,7 +122,7 @@ def fit(
         rd.write_config(run, config.to_dict())
     distributed.barrier()
     try:
-        result = _fit_from_data(config, resolved, encoded, run, resume, on_step, t0)
+        result = _fit_from_data(config, resolved, encoded, run, resume, on_step, t0, clock)
     except BaseException:
         # a run that never reached its first checkpoint leaves nothing behind
         if run is not None and main and not resume and not has_checkpoint(run):
@@ -134,27 +140,33 @@ def _fit_from_data(
     resume: bool,
     on_step: Callable[[int, dict[str, Any]], None] | None,
     t0: float,
+    clock: StageClock,
 ) -> FitResult:
-    """The stages after the data is chosen (see :func:`fit`)."""
+    """The stages after the data is chosen (see :func:`fit`); ``clock`` times each one."""
     pair = resolved.pair
-    lost = find_lost_components(pair, encoded, config)
-    ranking = select(pair, encoded, lost, config)
-    comp = build_compensation(pair, ranking.selected, lost.components, config)
-    trained = train_compensation(
-        pair,
-        comp,
-        encoded,
-        config,
-        run_dir=run,
-        resume=resume,
-        identity=run_identity(config, resolved.pruned_source, ranking.selected),
-        on_step=on_step,
-    )
+    with clock.stage("lost_components"):
+        lost = find_lost_components(pair, encoded, config)
+    with clock.stage("selection"):
+        ranking = select(pair, encoded, lost, config)
+        comp = build_compensation(pair, ranking.selected, lost.components, config)
+    with clock.stage("training"):
+        trained = train_compensation(
+            pair,
+            comp,
+            encoded,
+            config,
+            run_dir=run,
+            resume=resume,
+            identity=run_identity(config, resolved.pruned_source, ranking.selected),
+            on_step=on_step,
+        )
     metrics: dict[str, Any] = {
         "val_loss_pruned": trained.val_loss_pruned,
         "val_loss_restored": trained.val_loss_restored,
+        "stages": clock.stages,  # filled in as the stages below finish
     }
-    evaluation = heldout_evaluation(pair, comp, encoded, config)
+    with clock.stage("evaluation"):
+        evaluation = heldout_evaluation(pair, comp, encoded, config)
     metrics.update(headline_metrics(evaluation, encoded.texts.config.test_domain))
     metrics["n_selected_heads"] = comp.n_selected
     metrics["n_trainable_parameters"] = sum(p.numel() for p in comp.parameters() if p.requires_grad)
@@ -174,8 +186,10 @@ def _fit_from_data(
     if run is not None:
         check_not_diverged(trained, config)  # before anything is exported (same on every rank)
     if run is not None and distributed.context().is_main:
-        result.restoration = restoration(pair, comp, encoded, config)
-        _export(result, encoded, run)
+        with clock.stage("restoration"):
+            result.restoration = restoration(pair, comp, encoded, config)
+        with clock.stage("export"):
+            _export(result, encoded, run)
         metrics["wall_time_s"] = time.perf_counter() - t0
         rd.write_outputs(result, run)
         rd.mark_complete(run, metrics)
@@ -195,10 +209,7 @@ def _export(result: FitResult, encoded: EncodedData, run: Path) -> None:
     }
     result.compensation.save(run / COMPENSATION_FILE, metadata=meta)
     model_dir = export(result.pruned_source, result.compensation, run / "model", meta)
-    texts = encoded.texts
-    check_text = "\n\n".join(
-        [e.prompt + e.response for e in texts.validation] or list(texts.fit_passages)
-    )
+    check_text = export_check_text(encoded.texts)
     try:
         target = target_dtype(result.pruned_source, cfg)
         diff = export_check(result.pair, result.compensation, model_dir, check_text, cfg, target)
