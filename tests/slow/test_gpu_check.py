@@ -3,7 +3,7 @@
 The smoke size runs every section's code: the default fit on the real embedded model at a few steps
 (after tests/slow/test_ci_real.py in ``scripts/test.sh`` its Wanda prune is already cached), the
 benchmark's rate grid and budgets on ``lcc bench --quick``'s tiny model, the Gemma section (skipped with
-its reason unless the extra is installed). About 3 minutes on 2 cores with the prune cached.
+its reason unless the extra is installed). About 90 s on 2 cores with the prune cached (88 s measured).
 """
 
 from __future__ import annotations
