@@ -47,6 +47,11 @@ def default_lr(method: str) -> float:
     return float(make_method(method).default_lr)
 
 
+def scaled_lr(method: str, scale: float) -> float:
+    """``scale`` times ``method``'s default rate, to 3 significant digits (the grid's rates)."""
+    return float(f"{default_lr(method) * scale:.3g}")
+
+
 def run_folder(method: str, lr: float) -> Path:
     return OUT / f"{method}_lr{lr:g}"
 
@@ -57,7 +62,7 @@ def run(setting: str, scales: Mapping[str, Sequence[float]]) -> None:
 
     for method, factors in scales.items():
         for scale in factors:
-            lr = float(f"{default_lr(method) * scale:.3g}")
+            lr = scaled_lr(method, scale)
             cfg = BenchConfig(
                 settings=(setting,), methods=(method,), lr=lr, out=str(run_folder(method, lr))
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -60,6 +61,13 @@ class BenchConfig:
     )
     lr: float | None = field(
         default=None, metadata=_help("learning rate of every method; none = each method's default")
+    )
+    method_lrs: tuple[str, ...] = field(
+        default=(),
+        metadata=_help(
+            "per-method learning rates as name=rate (e.g. lcc=0.005,lora_r8=0.003); they win over "
+            "--lr and the methods' defaults"
+        ),
     )
     n_train: int = field(default=256, metadata=_help("fit examples, shared by every method"))
     head_fraction: float | None = field(
@@ -135,6 +143,7 @@ class BenchConfig:
             raise ConfigError(f"objective must be lm, kl or mix, got {self.objective!r}.")
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}.")
+        self.method_rates()  # validates method_lrs
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"dtype must be float32 or bfloat16, got {self.dtype!r}.")
 
@@ -149,6 +158,31 @@ class BenchConfig:
             head_fraction=self.head_fraction or fit.select.fraction,
             k=self.k or fit.compensation.k,
         )
+
+    def method_rates(self) -> dict[str, float]:
+        """``method_lrs`` as {method: rate}; ConfigError naming the entry when one is malformed."""
+        rates: dict[str, float] = {}
+        for entry in self.method_lrs:
+            name, sep, text = entry.partition("=")
+            try:
+                rate = float(text) if sep else math.nan
+            except ValueError:
+                rate = math.nan
+            if not (math.isfinite(rate) and rate > 0):
+                raise ConfigError(
+                    f"method_lrs: {entry!r} is not name=rate with a positive rate, e.g. lcc=0.005."
+                )
+            if name not in self.methods or name in rates:
+                raise ConfigError(
+                    f"method_lrs: {name!r} must be one of the methods run ({list(self.methods)}), "
+                    "named once."
+                )
+            rates[name] = rate
+        return rates
+
+    def lr_for(self, method: str, default: float) -> float:
+        """The learning rate ``method`` trains at: its ``method_lrs`` entry, else ``lr``, else ``default``."""
+        return self.method_rates().get(method, self.lr if self.lr is not None else default)
 
     def setting_names(self) -> tuple[str, ...]:
         return (QUICK_SETTING,) if self.quick else self.settings

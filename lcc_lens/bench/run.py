@@ -110,7 +110,7 @@ def run_method(
 ) -> dict[str, Any]:
     """Prepare, train, export, measure and score one method for one seed."""
     method = make_method(name)
-    tcfg = replace(ctx.train_config, lr=cfg.lr if cfg.lr is not None else method.default_lr)
+    tcfg = replace(ctx.train_config, lr=cfg.lr_for(name, method.default_lr))
     history: list[dict[str, Any]] = []
     mem = PeakMemory(device=str(ctx.device))
     t0 = time.perf_counter()

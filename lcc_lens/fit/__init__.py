@@ -28,18 +28,19 @@ from lcc_lens.diff import HeadDiff
 from lcc_lens.errors import ConfigError
 from lcc_lens.family import CompensationFamily
 from lcc_lens.fit import run_dir as rd
+from lcc_lens.fit.clock import StageClock
 from lcc_lens.fit.config import FitConfig
 from lcc_lens.fit.evaluate import (
     FitDivergedError,
     check_not_diverged,
     export,
     export_check,
+    export_check_text,
     headline_metrics,
     heldout_evaluation,
     restoration,
     target_dtype,
 )
-from lcc_lens.fit.stage_clock import StageClock
 from lcc_lens.fit.stages import (
     EncodedData,
     LostStage,
@@ -57,6 +58,7 @@ from lcc_lens.fit.stages import (
 from lcc_lens.fit.summary import summary_table
 from lcc_lens.methods.base import RestorationMethod
 from lcc_lens.models import ModelPair, describe
+from lcc_lens.placement import resolve_device
 from lcc_lens.restoration import RestorationStats
 from lcc_lens.selection import HeadRanking
 
@@ -138,7 +140,7 @@ def _fit_into(
 ) -> FitResult:
     """:func:`fit` once ``run`` is checked (and locked): load, open the run directory, fit, finish."""
     existed = run is not None and run.exists()
-    clock = StageClock()
+    clock = StageClock(resolve_device(config.device))
     resolved = resolve_pair(config, clock)  # checks the lengths against the model's positions
     with clock.stage("data"):
         encoded = choose_data(config, resolved.pair, data)
@@ -171,21 +173,21 @@ def _fit_from_data(
     t0: float,
     clock: StageClock,
 ) -> FitResult:
-    """The stages after the data is chosen (see :func:`fit`)."""
+    """The stages after the data is chosen (see :func:`fit`); ``clock`` times each one."""
     pair = resolved.pair
     comp: Compensation | CompensationFamily | RestorationMethod
     lost: LostStage | None = None
     if config.method == "lcc":
         with clock.stage("lost_components"):
             lost = find_lost_components(pair, encoded, config)
-        with clock.stage("select"):
+        with clock.stage("selection"):
             ranking = select(pair, encoded, lost, config)
         comp = build_compensation(pair, ranking.selected, lost.components, config)
     else:
         with clock.stage("prepare"):
             comp = prepare_method(config, resolved, encoded)
         ranking = no_heads(pair, config.method)
-    with clock.stage("train"):
+    with clock.stage("training"):
         trained = train_compensation(
             pair,
             comp,
@@ -201,8 +203,9 @@ def _fit_from_data(
     metrics: dict[str, Any] = {
         "val_loss_pruned": trained.val_loss_pruned,
         "val_loss_restored": trained.val_loss_restored,
+        "stages": clock.stages,  # filled in as the stages below finish
     }
-    with clock.stage("evaluate"):
+    with clock.stage("evaluation"):
         evaluation = heldout_evaluation(pair, comp, encoded, config)
     metrics.update(headline_metrics(evaluation, encoded.texts.config.test_domain))
     metrics["n_selected_heads"] = getattr(comp, "n_selected", 0)
@@ -233,12 +236,10 @@ def _fit_from_data(
                 )
         with clock.stage("export"):
             _export(result, encoded, run)
-        metrics["stages"] = clock.to_list()
         metrics["wall_time_s"] = time.perf_counter() - t0
         rd.write_outputs(result, run)
         rd.mark_complete(run, metrics)
     else:
-        metrics["stages"] = clock.to_list()
         metrics["wall_time_s"] = time.perf_counter() - t0
     return result
 
@@ -256,10 +257,7 @@ def _export(result: FitResult, encoded: EncodedData, run: Path) -> None:
     if not isinstance(result.compensation, RestorationMethod):
         result.compensation.save(run / COMPENSATION_FILE, metadata=meta)
     model_dir = export(result.pruned_source, result.compensation, run / "model", meta)
-    texts = encoded.texts
-    check_text = "\n\n".join(
-        [e.prompt + e.response for e in texts.validation] or list(texts.fit_passages)
-    )
+    check_text = export_check_text(encoded.texts)
     try:
         target = target_dtype(result.pruned_source, cfg)
         diff = export_check(result.pair, result.compensation, model_dir, check_text, cfg, target)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from lcc_lens.compensation import Compensation
+from lcc_lens.data import FitData
 from lcc_lens.errors import DivergedError
 from lcc_lens.evaluation.protocol import ProtocolResult, evaluate
 from lcc_lens.family import CompensationFamily
@@ -129,6 +130,13 @@ def export(
     from lcc_lens.export import export_checkpoint
 
     return export_checkpoint(pruned_source, compensation, model_dir, metadata=meta)
+
+
+def export_check_text(texts: FitData) -> str:
+    """The text of the export check: the validation examples (the fit passages when there are none)."""
+    return "\n\n".join(
+        [e.prompt + e.response for e in texts.validation] or list(texts.fit_passages)
+    )
 
 
 @torch.no_grad()

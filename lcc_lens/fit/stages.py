@@ -25,8 +25,8 @@ from lcc_lens.data import Encoded, FitData, encode, fit_data
 from lcc_lens.diff import HeadDiff
 from lcc_lens.errors import ConfigError
 from lcc_lens.family import CompensationFamily, FamilyLayout
+from lcc_lens.fit.clock import StageClock
 from lcc_lens.fit.config import FitConfig
-from lcc_lens.fit.stage_clock import StageClock
 from lcc_lens.methods.base import RestorationMethod
 from lcc_lens.models import ModelPair, resolve_device
 from lcc_lens.placement import parse_device_map
@@ -65,7 +65,7 @@ def resolve_pair(config: FitConfig, clock: StageClock | None = None) -> Resolved
     Under torchrun each rank loads the pair on its own device; rank 0 fills the prune cache first.
     ``clock`` records the prune (with the dense model's conversion) and the load as two stages.
     """
-    clock = clock or StageClock()
+    clock = clock or StageClock(torch.device("cpu"))
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     ctx = distributed.init_from_env(device)

@@ -50,7 +50,10 @@ def summary_table(result: FitResult) -> str:
             f"{m['export_max_abs_logit_diff']:.2e}"
         )
     if "wall_time_s" in m:
-        lines.append(f"wall time: {m['wall_time_s']:.0f} s")
+        stages = ", ".join(
+            f"{name} {s['seconds']:.0f} s" for name, s in m.get("stages", {}).items()
+        )
+        lines.append(f"wall time: {m['wall_time_s']:.0f} s" + (f" ({stages})" if stages else ""))
     if result.out_dir is not None:
         lines.append(f"run directory: {result.out_dir}")
     return "\n".join(lines)

@@ -249,6 +249,14 @@ def test_cli_run_directory(base, tmp_path, capsys):
     assert metrics["summary"]["export_max_abs_logit_diff"] < 1e-4
     assert len(metrics["history"]) == 2
     assert metrics["data"]["n_train"] > 0
+    stages = metrics["summary"]["stages"]  # every stage timed, in the order it ran
+    assert list(stages) == [
+        "prune", "load", "data", "lost_components", "selection", "training", "evaluation",
+        "restoration",
+        "export",
+    ]  # fmt: skip
+    assert all(s["seconds"] > 0 and s["peak_memory_mb"] > 0 for s in stages.values())
+    assert sum(s["seconds"] for s in stages.values()) <= metrics["summary"]["wall_time_s"]
     plots = {p.name for p in (out / "plots").iterdir()}
     assert plots and plots <= PLOT_OUTPUTS  # what clearing a run removes there, and nothing else
     again = parse_args(["--config", str(out / "config.yaml")])
