@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ class Env:
     dense: Path
     pruned: Path
     monkeypatch: pytest.MonkeyPatch | None = None
+    undo: list[Callable[[], object]] = field(default_factory=list)
 
     def cache_here(self) -> Path:
         """Point lcc_lens's cache at ``cache/`` in the case's folder, for this test only."""
@@ -260,11 +261,20 @@ def _interrupted_run(env: Env) -> Path:
 
 
 def _read_only(env: Env) -> Path:
+    """A folder nobody may write into: mode 0555, and immutable when the tests run as root (root
+    ignores modes; ``chattr +i`` binds it too). The fixture makes it writable again afterwards."""
     _unloadable(env)
     folder = env.tmp / "ro"
     folder.mkdir()
     folder.chmod(0o555)
+    if _root():
+        subprocess.run(["chattr", "+i", str(folder)], check=True, capture_output=True)
+        env.undo.append(lambda: subprocess.run(["chattr", "-i", str(folder)], check=False))
     return folder
+
+
+def _root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 def _user_folder_in_cache(env: Env) -> Path:
@@ -273,7 +283,8 @@ def _user_folder_in_cache(env: Env) -> Path:
 
 
 ROOT_WRITES_ANYWHERE = pytest.mark.skipif(
-    hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders"
+    _root() and shutil.which("chattr") is None,
+    reason="root writes into read-only folders, and there is no chattr to make one immutable",
 )
 
 
@@ -1190,12 +1201,15 @@ def _snapshot(*roots: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def env(tmp_path, llama_pair_dirs, monkeypatch) -> Env:
+def env(tmp_path, llama_pair_dirs, monkeypatch) -> Iterator[Env]:
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)  # anything written to a default relative path shows up in the snapshot
     dense, pruned = llama_pair_dirs
-    return Env(work, dense, pruned, monkeypatch)
+    made = Env(work, dense, pruned, monkeypatch)
+    yield made
+    for undo in made.undo:
+        undo()
 
 
 def test_enough_cases():
