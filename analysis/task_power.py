@@ -118,7 +118,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     sources = {"dense": args.dense, "pruned": args.pruned}
     if args.restored:
         sources["restored"] = args.restored
-    models = {m: score_one(m, s, cfg, args.batch_size) for m, s in sources.items()}
+    models: dict[str, Any] = {}
+    if args.reuse:  # dense and pruned scored earlier on the very same items
+        earlier = json.loads(args.reuse.read_text(encoding="utf-8"))
+        if earlier["task_set"] != cfg.to_dict():
+            raise SystemExit(f"error: {args.reuse} was scored on other task sets; drop --reuse.")
+        models = {m: earlier["models"][m] for m in ("dense", "pruned")}
+    for m, source in sources.items():
+        if m not in models:
+            models[m] = score_one(m, source, cfg, args.batch_size)
     payload: dict[str, Any] = {
         "command": args.command,
         "task_set": cfg.to_dict(),
@@ -233,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     m.add_argument("--next-passage", type=int, default=TaskSetConfig().next_passage)
     m.add_argument("--last-word", type=int, default=TaskSetConfig().last_word)
     m.add_argument("--batch-size", type=int, default=32)
+    m.add_argument("--reuse", type=Path, default=None, help="earlier JSON: keep its dense/pruned")
     m.add_argument("--out", type=Path, default=RESULTS)
     e = sub.add_parser("estimate", help="add the stand-in restored intervals to task_power.json")
     e.add_argument("--out", type=Path, default=RESULTS)
