@@ -47,15 +47,15 @@ def _help(text: str) -> dict[str, str]:
 class TaskSetConfig:
     """How many short held-out items each task has, and how long they are.
 
-    The defaults were chosen by measurement on SmolLM2-135M and its Wanda-50 % prune
-    (analysis/results/tasks/task_power.md, at half these counts): the dense-pruned mean-accuracy gap is
-    13 points, and the paired 95 % half-width of the gap closed, which shrinks as 1/sqrt(items), comes
-    to about 7-9 points here for a model closing 25-50 % of it (estimated from dense and pruned
-    outcomes), at about 420-500 CPU seconds per model (3.5-4 min on 2 cores).
+    The defaults were chosen by measurement on SmolLM2-135M, its Wanda-50 % prune and a 16-step
+    ``lcc`` fit (analysis/results/tasks/task_power.md, at a quarter of these counts): the paired 95 %
+    half-width of the mean-accuracy gap closed was +-17 points at 200 + 400 items and shrinks as
+    1/sqrt(items), so about +-9 at these counts, and 600 items took 40 s wall (77 CPU s) on 2 idle
+    cores, so these take about 2.7 min per model.
     """
 
-    next_passage: int = field(default=400, metadata=_help("next-passage items (0: none)"))
-    last_word: int = field(default=800, metadata=_help("last-word items (0: none)"))
+    next_passage: int = field(default=800, metadata=_help("next-passage items (0: none)"))
+    last_word: int = field(default=1600, metadata=_help("last-word items (0: none)"))
     context_chars: int = field(
         default=120, metadata=_help("shortest next-passage context, characters")
     )
