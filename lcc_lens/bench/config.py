@@ -85,9 +85,12 @@ class BenchConfig:
         default=8, metadata=_help("perplexity windows scored per evaluation domain")
     )
     eval_context: int = field(default=256, metadata=_help("tokens per perplexity window"))
-    task_items: int = field(
-        default=40,
-        metadata=_help("items per held-out task, from the test domain (0 = no task accuracy)"),
+    task_items: int | None = field(
+        default=None,
+        metadata=_help(
+            "items per held-out task (the short task sets of the test domain); none = their "
+            "measured defaults; 0 = no task accuracy"
+        ),
     )
     timing_repeats: int = field(
         default=5, metadata=_help("interleaved forward timings of merged vs pruned")
@@ -135,8 +138,11 @@ class BenchConfig:
         for name in ("eval_context", "timing_repeats"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if self.task_items < 0 or self.task_items == 1:
-            raise ConfigError(f"task_items must be 0 (off) or >= 2, got {self.task_items}.")
+        if self.task_items is not None and (self.task_items < 0 or 0 < self.task_items < 4):
+            raise ConfigError(
+                f"task_items must be 0 (off) or >= 4 (a choice item needs 3 distractors), "
+                f"got {self.task_items}."
+            )
         if self.head_fraction is not None and not 0 < self.head_fraction <= 1:
             raise ConfigError(f"head_fraction must be in (0, 1], got {self.head_fraction}.")
         if self.objective is not None and self.objective not in ("lm", "kl", "mix"):

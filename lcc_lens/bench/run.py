@@ -34,6 +34,7 @@ from lcc_lens.bench.scoring import TASKS, ScoringPlan, gaps, sampled_windows, sc
 from lcc_lens.data import DataConfig, fit_data
 from lcc_lens.errors import DivergedError, MethodNotApplicable
 from lcc_lens.evaluation.protocol import ProtocolConfig
+from lcc_lens.evaluation.task_sets import TASK_SET_VERSION, TaskSetConfig
 from lcc_lens.fit.stages import EncodedData, choose_data
 from lcc_lens.methods import MethodContext, RestorationMethod, make_method
 from lcc_lens.models import ModelPair, describe, load_causal_lm, resolve_device
@@ -181,10 +182,16 @@ def _plan(cfg: BenchConfig, tokenizer: Any) -> tuple[ScoringPlan, DataConfig]:
     order = ("test", "validation", "in_domain")
     roles = dict(sorted(data.eval_roles.items(), key=lambda kv: (order.index(kv[1]), kv[0])))
     windows = sampled_windows(tokenizer, {d: data.eval_texts[d] for d in roles}, protocol)
-    plan = ScoringPlan(
-        protocol, windows, roles, task_domain=dcfg.test_domain, task_items=cfg.task_items
-    )
-    return plan, dcfg
+    return ScoringPlan(protocol, windows, roles, tasks=task_sets(cfg, dcfg.test_domain)), dcfg
+
+
+def task_sets(cfg: BenchConfig, domain: str) -> TaskSetConfig | None:
+    """The short held-out task sets of ``domain`` at ``cfg.task_items`` each (None: their defaults)."""
+    if cfg.task_items == 0:
+        return None
+    if cfg.task_items is None:
+        return TaskSetConfig(domain=domain)
+    return TaskSetConfig(next_passage=cfg.task_items, last_word=cfg.task_items, domain=domain)
 
 
 def fit_config(cfg: BenchConfig, dcfg: DataConfig, seed: int) -> Any:
@@ -226,6 +233,7 @@ def run_setting(cfg: BenchConfig, setting: str, work: Path, command: str = "") -
         "dense": describe(dense_src)["fingerprint"],
         "pruned": describe(pruned_src)["fingerprint"],
         "version": __version__,
+        "task_set": TASK_SET_VERSION,
     }
     cache = ResultCache(work, setting, identity)
     pair = ModelPair.load(dense_src, pruned_src, dtype=dtype, device=device)
@@ -296,9 +304,10 @@ def run_setting(cfg: BenchConfig, setting: str, work: Path, command: str = "") -
             "windows": cfg.eval_windows,
             "context_length": cfg.eval_context,
             "domains": dict(plan.roles),
-            "tasks": list(TASKS) if plan.task_items else [],
-            "task_domain": plan.task_domain,
+            "tasks": list(TASKS) if plan.tasks else [],
+            "task_domain": plan.tasks.domain if plan.tasks else dcfg.test_domain,
             "task_items": cfg.task_items,
+            **({"task_set": plan.tasks.to_dict()} if plan.tasks else {}),
         },
         "references": {k: v["scores"] for k, v in refs.items()},
         "rows": rows,

@@ -3,9 +3,11 @@
 Held-out NLL per domain comes from the protocol's own pieces (:func:`~lcc_lens.evaluation.protocol.
 sample_windows` once per domain, :func:`~lcc_lens.evaluation.protocol.score_windows` per model), so every
 model is scored on the same windows without re-tokenizing the held-out text each time. Task accuracy is
-the held-out suite scored in process (:func:`lcc_lens.evaluation.heldout_tasks.score_suite`, items from
-the out-of-domain test domain); gaps come from :mod:`lcc_lens.evaluation.gap` and
-:func:`~lcc_lens.evaluation.heldout_tasks.task_gap_closed`. Every model scored here is a plain Hugging
+the short held-out task sets scored in process (:func:`lcc_lens.evaluation.heldout_tasks.
+score_task_sets`, items from the out-of-domain test domain, version recorded with the scores); gaps come
+from :mod:`lcc_lens.evaluation.gap` and :func:`~lcc_lens.evaluation.heldout_tasks.task_gap_closed`, the
+accuracy gap with its paired bootstrap interval over items
+(:func:`~lcc_lens.evaluation.gap.bootstrap_accuracy_gap`). Every model scored here is a plain Hugging
 Face model (the merged export), so the figures are those of the checkpoint a user would deploy.
 """
 
@@ -18,6 +20,7 @@ from typing import Any
 
 from lcc_lens.evaluation.gap import nll_gap_closed
 from lcc_lens.evaluation.protocol import ProtocolConfig, Window, sample_windows, score_windows
+from lcc_lens.evaluation.task_sets import TaskSetConfig
 
 logger = logging.getLogger(__name__)
 
@@ -30,14 +33,14 @@ TASKS: tuple[str, ...] = ("next_passage", "last_word")
 class ScoringPlan:
     """What every model is scored on: held-out windows per domain with their roles, and tasks.
 
-    ``task_items`` items per task from ``task_domain`` (0: no task accuracy).
+    ``tasks``: the short held-out task sets (:mod:`lcc_lens.evaluation.task_sets`; None: no task
+    accuracy).
     """
 
     protocol: ProtocolConfig
     windows: Mapping[str, tuple[Window, ...]]
     roles: Mapping[str, str]
-    task_domain: str = "speeches"
-    task_items: int = 0
+    tasks: TaskSetConfig | None = None
     batch_size: int = 8
 
 
@@ -62,21 +65,21 @@ def score_model(model: Any, tokenizer: Any, plan: ScoringPlan) -> dict[str, Any]
         }
         logger.info("%s (%s): nll %.4f", name, plan.roles[name], sum(sums) / n_tokens)
     out: dict[str, Any] = {"domains": domains, "tasks": {}}
-    if plan.task_items:
-        from lcc_lens.evaluation.heldout_tasks import score_suite
+    if plan.tasks is not None:
+        from lcc_lens.evaluation.heldout_tasks import score_task_sets
 
-        suite = score_suite(
-            {"model": model},
-            tokenizer,
-            domain=plan.task_domain,
-            n_items=plan.task_items,
-            batch_size=plan.batch_size,
-        )
+        suite = score_task_sets({"model": model}, tokenizer, plan.tasks, plan.batch_size)
+        scored = [task for task in TASKS if task in suite]
         out["tasks"] = {
             task: {k: v for k, v in suite[task]["model"].items() if k != "correct"}
-            for task in TASKS
+            for task in scored
         }
-        out["task_domain"] = plan.task_domain
+        # per-item outcomes (1 correct) as a compact string, for the paired bootstrap of the gap
+        out["task_outcomes"] = {
+            task: "".join(str(c) for c in suite[task]["model"]["correct"]) for task in scored
+        }
+        out["task_domain"] = plan.tasks.domain
+        out["task_set"] = plan.tasks.to_dict()
     return out
 
 
@@ -111,4 +114,22 @@ def gaps(
             for task in TASKS
         }
         out["task_acc_gap_closed"] = task_gap_closed(tasks, "restored")["mean_accuracy"]
+    if all(s.get("task_outcomes") for s in (dense, pruned, restored)):
+        interval = task_interval(dense, pruned, restored)
+        out["task_acc_gap_closed"] = interval["closed"]  # None, with the reason, when undefined
+        out["task_acc_gap_interval"] = interval
     return out
+
+
+def task_interval(
+    dense: Mapping[str, Any], pruned: Mapping[str, Any], restored: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Paired bootstrap of the mean-accuracy gap closed over the tasks all three were scored on."""
+    from lcc_lens.evaluation.gap import bootstrap_accuracy_gap
+
+    scored = [t for t in TASKS if all(t in s["task_outcomes"] for s in (dense, pruned, restored))]
+    outcomes = [
+        tuple([int(c) for c in s["task_outcomes"][t]] for s in (dense, pruned, restored))
+        for t in scored
+    ]
+    return bootstrap_accuracy_gap(outcomes).to_dict()  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lcc_lens.atomic import write_text
-from lcc_lens.bench.results import FORMAT, cell, check_ours, domains_of, failure_note
+from lcc_lens.bench.results import FORMAT, cell, check_ours, domains_of, failure_note, task_cell
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ def _cell(value: Mapping[str, Any] | float | None, fmt: str = "{:.1%}") -> str:
 def _gap_cell(row: Mapping[str, Any] | None, key: str) -> str:
     if row is not None and row.get("kind") == "failed":
         return "failed"
+    if row is not None and key == "task_acc_gap_closed" and row.get("task_acc_gap_interval"):
+        return task_cell(row, _cell)
     return _cell((row or {}).get(key))
 
 
@@ -109,6 +111,30 @@ def _points(d: Mapping[str, Any]) -> str:
         return "-"
     sd = "" if d["sd"] is None else f" ± {100 * d['sd']:.1f}"
     return f"{100 * d['mean']:+.1f}{sd} pt (lcc ahead {d['anchor_ahead']}/{len(d['seeds'])})"
+
+
+def _task_lines(payloads: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The task-accuracy section, for settings scored on the short task sets (with intervals)."""
+    scored = [p for p in payloads if p["protocol"].get("task_set")]
+    if not scored:
+        return []
+    lines = [
+        "",
+        "## Task accuracy gap closed (short held-out task sets, test domain)",
+        "",
+        "Mean accuracy over next passage (acc_norm) and last word (acc); beside it the mean over seeds "
+        "of the half-width of the paired 95 % bootstrap interval over items.",
+        "",
+        "| method | " + " | ".join(p["setting"] for p in scored) + " |",
+        "|" + "---|" * (len(scored) + 1),
+    ]
+    for method in _methods(scored):
+        cells = []
+        for p in scored:
+            row = _row(p, method)
+            cells.append("-" if row is None else _gap_cell(row, "task_acc_gap_closed"))
+        lines.append(f"| `{method}` | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _paired_table(payloads: Sequence[Mapping[str, Any]], key: str) -> list[str]:
@@ -199,6 +225,7 @@ def summary_markdown(payloads: Sequence[Mapping[str, Any]]) -> str:
         "Zeros kept: measured fraction of the pruned model's zero weights still zero in the merged export.",
         "",
         *_cost_table(payloads),
+        *_task_lines(payloads),
         *_failure_lines(payloads),
     ]
     return "\n".join(lines) + "\n"

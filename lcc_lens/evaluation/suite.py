@@ -145,7 +145,7 @@ def heldout_ppl_items(
     return [{"text": b.text, **_origin(b)} for b in pool[:n]]
 
 
-_WORD = re.compile(r"\S+")
+WORD = re.compile(r"\S+")
 
 
 def next_passage_items(
@@ -165,37 +165,49 @@ def next_passage_items(
         if cut < 0:
             continue
         rest = block.text[cut:]
-        words = list(_WORD.finditer(rest))
+        words = list(WORD.finditer(rest))
         if len(words) < ending_words:
             continue
         ending = rest[: words[ending_words - 1].end()]
         cands.append((block, block.text[:cut], ending))
     _need(cands, n, TASK_NEXT_PASSAGE)
-    cands = cands[:n]
+    return with_distractors(
+        [(_origin(block), context, ending) for block, context, ending in cands[:n]], n_choices, rng
+    )
+
+
+def with_distractors(
+    cands: Sequence[tuple[dict[str, Any], str, str]], n_choices: int, rng: random.Random
+) -> list[dict[str, Any]]:
+    """Multiple-choice items from (origin, context, true ending): distractors are other items' endings.
+
+    The distractors are distinct endings of other items of the same document (same style and topic,
+    so only coherence with the context tells them apart), then of the same source, then any.
+    """
     by_doc: dict[tuple[str, str], set[str]] = {}
     by_source: dict[str, set[str]] = {}
-    for block, _, ending in cands:
-        by_doc.setdefault((block.source, block.document), set()).add(ending)
-        by_source.setdefault(block.source, set()).add(ending)
+    for origin, _, ending in cands:
+        by_doc.setdefault((origin["source"], origin["document"]), set()).add(ending)
+        by_source.setdefault(origin["source"], set()).add(ending)
     everything = set().union(*by_source.values())
     items = []
-    for block, context, ending in cands:
-        # distinct endings of other items of the same document: same characters, style and topic,
-        # so only coherence with the context tells them apart (then same source, then any)
-        for pool in (by_doc[(block.source, block.document)], by_source[block.source], everything):
+    for origin, context, ending in cands:
+        for pool in (
+            by_doc[(origin["source"], origin["document"])],
+            by_source[origin["source"]],
+            everything,
+        ):
             others = sorted(pool - {ending})
             if len(others) >= n_choices - 1:
                 break
         choices = [ending, *rng.sample(others, n_choices - 1)]
         order = rng.sample(range(n_choices), n_choices)
         shuffled = [choices[k] for k in order]
-        items.append(
-            {"context": context, "choices": shuffled, "label": order.index(0), **_origin(block)}
-        )
+        items.append({"context": context, "choices": shuffled, "label": order.index(0), **origin})
     return items
 
 
-_SENTENCE_END_WORD = re.compile(r"(?<= )([A-Za-z]{3,})(?=[.!?])")
+SENTENCE_END_WORD = re.compile(r"(?<= )([A-Za-z]{3,})(?=[.!?])")
 
 
 def last_word_items(
@@ -209,7 +221,7 @@ def last_word_items(
     items = []
     blocks = text_blocks(300, 900, domains=domains)
     for block in _interleaved(blocks, random.Random(f"{seed}/last_word")):
-        for match in reversed(list(_SENTENCE_END_WORD.finditer(block.text))):
+        for match in reversed(list(SENTENCE_END_WORD.finditer(block.text))):
             context = block.text[: match.start() - 1]
             word = match.group(1)
             if len(context) < min_context_chars:

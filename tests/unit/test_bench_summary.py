@@ -56,3 +56,37 @@ def test_summary_puts_settings_side_by_side_and_marks_short_rows():
     assert "| `lora_r8` | +10.0 ± 0.0 pt (lcc ahead 3/3) | -30.0 ± 0.0 pt (lcc ahead 0/2) |" in text
     assert text.index("Out of domain (test") < text.index("In domain")
     assert "python -m lcc_lens.bench --settings set_b" in text
+
+
+def _interval(closed, half):
+    low = None if closed is None else closed - half
+    return {
+        "closed": closed,
+        "low": low,
+        "high": None if closed is None else closed + half,
+        "half_width": None if closed is None else half,
+        "reason": None if closed is not None else "not told apart from zero",
+    }
+
+
+def test_task_section_appears_only_for_runs_on_the_short_task_sets_with_intervals():
+    rows = [_row("lcc", [0, 1, 2], [0.3] * 3), _row("lora_r8", [0, 1, 2], [0.2] * 3)]
+    rows[0]["task_acc_gap_closed"] = _gap([0.3, 0.2, 0.4])
+    rows[0]["task_acc_gap_interval"] = [
+        _interval(0.3, 0.08),
+        _interval(0.2, 0.10),
+        _interval(0.4, 0.09),
+    ]
+    rows[1]["task_acc_gap_closed"] = _gap([0.1, 0.1, 0.1])
+    rows[1]["task_acc_gap_interval"] = [
+        _interval(None, 0),
+        _interval(0.1, 0.1),
+        _interval(0.1, 0.1),
+    ]
+    old = _payload("set_a", rows)
+    assert "Task accuracy gap closed" not in summary_markdown([old])  # 40-item runs: no section
+    new = _payload("set_b", rows)
+    new["protocol"]["task_set"] = {"version": "short/1"}
+    text = summary_markdown([old, new])
+    assert "| `lcc` | 30.0% ± 1.0% (95 % CI ±9.0%) |" in text
+    assert "| `lora_r8` | undefined (dense - pruned not told apart from 0) |" in text
