@@ -473,8 +473,10 @@ def train(
             for m in _micro_batches(len(train_data), cfg, step)
             for i in m
         )
-        bar.set_postfix(
-            loss=f"{loss_sum:.4f}", tok_s=f"{tokens / (time.perf_counter() - t_step):.0f}"
+        bar.set_postfix(  # shown at the bar's next refresh, not one log line per step
+            loss=f"{loss_sum:.4f}",
+            tok_s=f"{tokens / (time.perf_counter() - t_step):.0f}",
+            refresh=False,
         )
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:
             save(step + 1)

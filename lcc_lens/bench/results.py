@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lcc_lens.atomic import write_json, write_text
 from lcc_lens.errors import OwnershipError
 
 logger = logging.getLogger(__name__)
@@ -270,24 +269,3 @@ def check_ours(path: Path, md_marker: str = MD_MARKER) -> None:
             f"{path} exists and was not written by lcc_lens.bench; it is never replaced. "
             "Move it away or choose another --out."
         )
-
-
-def write_outputs(payload: dict[str, Any], out: Path) -> list[Path]:
-    """Write ``<setting>.json``, ``<setting>.md`` and the figure (HTML, PNG when possible)."""
-    from lcc_lens.bench.figure import gap_figure
-    from lcc_lens.bench.summary import check_summary_ours, write_summary
-
-    stem = out / payload["setting"]
-    targets = [stem.with_suffix(s) for s in (".json", ".md", ".html", ".png")]
-    for path in targets:
-        check_ours(path)
-    check_summary_ours(out)
-    payload = {"format": FORMAT, **payload}
-    write_json(targets[0], payload)
-    write_text(targets[1], markdown_table(payload))
-    from lcc_lens.plots.io import png_available, save_figure
-
-    written = save_figure(gap_figure(payload), stem, png=png_available())
-    summary = write_summary(out)
-    logger.info("benchmark %s written to %s", payload["setting"], out)
-    return [targets[0], targets[1], *written, *([summary] if summary else [])]

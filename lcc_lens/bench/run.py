@@ -29,7 +29,8 @@ from lcc_lens.bench.config import (
     with_quick_defaults,
 )
 from lcc_lens.bench.measure import PeakMemory, forward_ratio, sparsity_kept
-from lcc_lens.bench.results import aggregate_rows, write_outputs
+from lcc_lens.bench.outputs import write_outputs
+from lcc_lens.bench.results import aggregate_rows
 from lcc_lens.bench.scoring import TASKS, ScoringPlan, gaps, sampled_windows, score_model
 from lcc_lens.data import DataConfig, fit_data
 from lcc_lens.errors import DivergedError, MethodNotApplicable

@@ -1,6 +1,6 @@
 """One table across pruning settings, generated from the per-setting benchmark JSON files.
 
-Each ``<out>/<setting>.json`` written by :func:`lcc_lens.bench.results.write_outputs` answers "which method
+Each ``<out>/<setting>.json`` written by :func:`lcc_lens.bench.outputs.write_outputs` answers "which method
 restores most under this pruning"; ``<out>/summary.md`` puts the settings side by side (out of domain first)
 and adds the paired per-seed difference between ``lcc`` and every other method, the figure that says whether
 a lead is larger than the seed noise.
