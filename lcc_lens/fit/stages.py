@@ -8,6 +8,7 @@ stages; none of them reaches back up the chain.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -31,6 +32,7 @@ from lcc_lens.methods.base import RestorationMethod
 from lcc_lens.models import ModelPair, resolve_device
 from lcc_lens.placement import parse_device_map
 from lcc_lens.probe_data import ProbeSample, fit_probe_items, probe_samples
+from lcc_lens.pruning.config import PruneConfig
 from lcc_lens.selection import HeadRanking, select_heads
 from lcc_lens.training import evaluate_loss, train
 
@@ -56,7 +58,18 @@ def resolve_pruned(config: FitConfig) -> str:
         return config.pruned
     from lcc_lens.pruning import cached_pruned_checkpoint
 
-    return str(cached_pruned_checkpoint(config.dense, config.prune))
+    return str(cached_pruned_checkpoint(config.dense, prune_config(config)))
+
+
+def prune_config(config: FitConfig) -> PruneConfig:
+    """The prune's settings, calibrated on the run's ``data.calibration_domains`` when it calibrates on
+    the shipped corpora (the one data spec of the run chooses that text too)."""
+    from lcc_lens.corpora import SOURCES
+
+    prune, domains = config.prune, tuple(config.data.calibration_domains)
+    if prune.calibration != "corpora" or domains == SOURCES:
+        return prune  # the default domains keep the plain name (and the cached prune's key)
+    return dataclasses.replace(prune, calibration="corpora:" + ",".join(domains))
 
 
 def resolve_pair(config: FitConfig, clock: StageClock | None = None) -> ResolvedPair:

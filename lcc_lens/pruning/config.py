@@ -126,8 +126,9 @@ class PruneConfig:
     calibration: str = field(
         default="corpora",
         metadata={
-            "help": "calibration text: 'corpora' (offline real text), 'c4', a .txt/.json/.jsonl "
-            "file, or a datasets name"
+            "help": "calibration text: 'corpora' (offline real text; in lcc fit of "
+            "--calibration-domains), 'corpora:python_docs,dialogue' (those domains), 'c4', a "
+            ".txt/.json/.jsonl file, or a datasets name"
         },
     )
     n_samples: int = field(

@@ -1,6 +1,7 @@
 """Calibration data for pruning: texts from a named source, cut into fixed-length token sequences.
 
-Sources: ``"corpora"`` (the offline real text of :mod:`lcc_lens.corpora`, split "calibration"), ``"c4"``
+Sources: ``"corpora"`` (the offline real text of :mod:`lcc_lens.corpora`, split "calibration", of the
+default calibration domains; ``"corpora:python_docs,dialogue"`` names the domains), ``"c4"``
 (allenai/c4, English, first training shard, as Wanda and SparseGPT use; needs network), a local ``.txt``
 (one document) or ``.json``/``.jsonl`` file (a list of strings or records with a ``text`` field), or any
 ``datasets`` name ``name`` / ``name:config`` with a ``text`` column.
@@ -39,12 +40,27 @@ def _file_sha(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def corpora_domains(source: str) -> tuple[str, ...] | None:
+    """The domains of a ``corpora`` or ``corpora:a,b`` source; None for any other source."""
+    from lcc_lens.corpora import SOURCES, check_domains
+
+    if source == "corpora":
+        return SOURCES
+    if not source.startswith("corpora:"):
+        return None
+    domains = tuple(d.strip() for d in source.removeprefix("corpora:").split(",") if d.strip())
+    if not domains:
+        raise DataError(f"calibration {source!r} names no domain; pass e.g. corpora:python_docs.")
+    return check_domains(domains)
+
+
 def calibration_identity(source: str) -> dict[str, Any]:
     """Name the calibration data without loading it (for cache keys and reports)."""
-    if source == "corpora":
+    domains = corpora_domains(source)
+    if domains is not None:
         from lcc_lens.corpora import corpus_identity
 
-        return corpus_identity("calibration")
+        return corpus_identity("calibration", domains)
     path = Path(source).expanduser()
     if path.is_file():
         return {"file": str(path.resolve()), "sha256": _file_sha(path)}
@@ -95,10 +111,11 @@ def _texts_from_json(path: Path) -> list[str]:
 
 def load_calibration_texts(source: str) -> list[str]:
     """The documents of a calibration source (see the module docstring)."""
-    if source == "corpora":
+    domains = corpora_domains(source)
+    if domains is not None:
         from lcc_lens.corpora import split_documents
 
-        return [d.text for d in split_documents("calibration")]
+        return [d.text for d in split_documents("calibration", domains)]
     path = Path(source).expanduser()
     if path.is_file():
         if path.suffix in (".json", ".jsonl"):

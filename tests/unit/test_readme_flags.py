@@ -43,11 +43,14 @@ FOREIGN = {
 """Flags the README shows for tools other than lcc_lens's commands."""
 
 SUBCOMMANDS = ("fit", "prune", "eval", "bench")
+SCRIPTS = {"scripts/gpu_check.sh": "analysis.gpu.check"}
+"""Shell wrappers the README shows, by the Python module whose flags they pass on."""
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*(?:\.[a-z][a-z0-9_-]*)*")
 COMMAND = re.compile(
     r"(?:(?<![\w.])lcc (?P<sub>fit|prune|eval|bench)\b"
     r"|-m lcc_lens\.(?P<mod>fit|prune|eval|bench)\b"
-    r"|-m (?P<analysis>analysis\.[a-z_]+))"
+    r"|-m (?P<analysis>analysis\.[a-z_.]+)"
+    r"|(?P<script>scripts/gpu_check\.sh))"
     r"(?P<args>[^`\n]*)"
 )
 
@@ -77,6 +80,7 @@ def readme_commands() -> list[tuple[str, str, str]]:
     for line in README.read_text().splitlines():
         for m in COMMAND.finditer(line):
             target = m.group("sub") or m.group("mod") or m.group("analysis")
+            target = target or SCRIPTS[m.group("script")]
             for flag in FLAG.findall(m.group("args")):
                 if flag not in FOREIGN:
                     rows.append((target, flag, line.strip()))
