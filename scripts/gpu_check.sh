@@ -9,7 +9,7 @@
 # Then `python -m analysis.gpu.report` renders the README table and the budget curve from them.
 #
 #   bash scripts/gpu_check.sh                    # on a GPU machine
-#   bash scripts/gpu_check.sh --smoke --out DIR  # CPU smoke size (tests/slow/test_gpu_check.py runs it)
+#   bash scripts/gpu_check.sh --smoke --out DIR  # CPU smoke size (tests/slow/test_gpu_check_smoke.py runs it)
 #   bash scripts/gpu_check.sh --help             # every flag (budget, budgets, device, dtypes, ...)
 #
 # Python: $LCC_PYTHON if set (an interpreter that already has a CUDA build of torch and lcc_lens's
