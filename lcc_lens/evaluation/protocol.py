@@ -298,7 +298,7 @@ def evaluate(
     ``cached``: labels of fixed models (HF model or bridge) whose per-window sums may come from the
     on-disk score cache (:mod:`lcc_lens.evaluation.score_cache`, keyed by content).
     """
-    from lcc_lens.evaluation.score_cache import cached_scores
+    from lcc_lens.evaluation.score_cache import cached_scores, model_weights_key
     from lcc_lens.progress import progress
 
     cfg = cfg or ProtocolConfig()
@@ -308,6 +308,7 @@ def evaluate(
         raise DataError("no held-out text: pass at least one domain's documents.")
     roles = roles or {}
     out: dict[str, DomainScores] = {}
+    weights: dict[str, str] = {}  # content hashes of the cached models
     for domain, docs in texts_by_domain.items():
         role = roles.get(domain, "in_domain")
         windows, available = sample_windows(tokenizer, docs, cfg, role)
@@ -322,7 +323,11 @@ def evaluate(
 
                 if label in cached:
                     before = bar.n
-                    sums[label] = tuple(cached_scores(model, windows, cfg.batch_size, score))
+                    if label not in weights:  # hashed once per model, not once per domain
+                        weights[label] = model_weights_key(model)
+                    sums[label] = tuple(
+                        cached_scores(model, windows, cfg.batch_size, score, weights[label])
+                    )
                     bar.update(len(windows) - (bar.n - before))  # a cache hit scores nothing
                 else:
                     sums[label] = tuple(score())

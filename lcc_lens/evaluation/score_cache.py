@@ -32,15 +32,23 @@ def _windows_digest(windows: Sequence[Any]) -> str:
     return h.hexdigest()
 
 
-def score_key(model: Any, windows: Sequence[Any], batch_size: int) -> str:
-    """The content key of ``model``'s scores on ``windows`` (see the module doc)."""
+def model_weights_key(model: Any) -> str:
+    """The content hash of ``model``'s weights (a bridge hashes as the HF model it wraps)."""
     from lcc_lens.components import weights_fingerprint
 
+    return weights_fingerprint(getattr(model, "original_model", model))
+
+
+def score_key(
+    model: Any, windows: Sequence[Any], batch_size: int, weights: str | None = None
+) -> str:
+    """The content key of ``model``'s scores on ``windows`` (see the module doc); ``weights``: its
+    :func:`model_weights_key`, when the caller hashed it already (once per model, not per domain)."""
     target = getattr(model, "original_model", model)
     first = next(target.parameters())
     payload = {
         "format": SCORE_CACHE_FORMAT,
-        "weights": weights_fingerprint(target),
+        "weights": weights or model_weights_key(model),
         "windows": _windows_digest(windows),
         "dtype": str(first.dtype),
         "device": first.device.type,
@@ -58,11 +66,12 @@ def cached_scores(
     windows: Sequence[Any],
     batch_size: int,
     compute: Callable[[], list[float]],
+    weights: str | None = None,
 ) -> list[float]:
     """``compute()`` (the per-window NLL sums of ``model``), read from the cache when present."""
     from lcc_lens import distributed
 
-    key = score_key(model, windows, batch_size)
+    key = score_key(model, windows, batch_size, weights)
     path = _path(key)
     if path.is_file():
         try:
