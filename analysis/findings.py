@@ -271,7 +271,7 @@ def run(cfg: FindingsConfig) -> Path:
     gain = logit_gain(shared.pair, comp, task)
     save(plots.logit_gain_figure(gain, selected=heads), "logit_gain")
 
-    report = _report(
+    record = findings_record(
         cfg,
         shared,
         scores,
@@ -280,119 +280,165 @@ def run(cfg: FindingsConfig) -> Path:
         top_lost,
         lc1,
         comp_rows,
-        base_ppl_pruned,
-        ld_pruned,
-        ld_dense,
-        ppl,
+        (base_ppl_pruned, ld_pruned, ld_dense),
         stats,
         lens,
         gain,
         saved,
         time.perf_counter() - t0,
     )
+    text = json.dumps(record, indent=1, default=str) + "\n"
+    write_text(cfg.out / "findings.json", text)
     path = cfg.out / "findings.md"
-    write_text(path, report)
+    write_text(path, render(json.loads(text)))  # rendered from the record as committed
     return path
 
 
-def _report(
-    cfg,
-    shared,
-    scores,
-    fit_source,
-    heads,
+def findings_record(
+    cfg: FindingsConfig,
+    shared: Shared,
+    scores: dict[str, Any],
+    fit_source: str,
+    heads: list[tuple[int, int]],
     top_lost,
     lc1,
-    comp_rows,
-    pruned_short,
-    ld_pruned,
-    ld_dense,
-    ppl,
+    comp_rows: list[dict[str, Any]],
+    baselines: tuple[float, float, float],
     stats,
     lens,
     gain,
-    saved,
-    seconds,
-) -> str:
+    saved: dict[str, str],
+    seconds: float,
+) -> dict[str, Any]:
+    """Every figure the report quotes, as plain JSON values (the report is rendered from this)."""
     g = shared.pair.geometry
     diff = shared.lost.diff
-    ev = cfg.fit.eval
     share = lc1.explained(1)
-    summ = stats.summary()
-    gain_rank = top_heads(gain.gain, g, 8)
-    lens_rows = [
-        {
-            "head": h.name,
-            "||W_O c||": h.write_norm,
-            "promoted": ", ".join(repr(t) for t in h.promoted[:5]),
-            "suppressed": ", ".join(repr(t) for t in h.suppressed[:5]),
-        }
-        for h in lens.heads[:8]
-    ]
-    cmd = "python -m analysis.findings " + " ".join(sys.argv[1:])
+    pruned_short, ld_pruned, ld_dense = baselines
+    return {
+        "command": "python -m analysis.findings " + " ".join(sys.argv[1:]),
+        "seconds": seconds,
+        "fit_source": fit_source,
+        "n_selected": len(heads),
+        "n_total_heads": g.n_total_heads,
+        "lost": {
+            "n_positions": diff.n_positions,
+            "rel_dz_mean": float(diff.rel_dz_norm.mean()),
+            "rel_dz_max": float(diff.rel_dz_norm.max()),
+            "cosine_mean": float(diff.cosine.mean()),
+            "cosine_min": float(diff.cosine.min()),
+            "top": [[name, value] for name, value, _ in top_lost],
+            "share_median": float(share.median()),
+            "share_min": float(share.min()),
+            "share_max": float(share.max()),
+        },
+        "components": {
+            "windows": cfg.component_windows,
+            "ppl_pruned": pruned_short,
+            "logit_diff_pruned": ld_pruned,
+            "logit_diff_dense": ld_dense,
+            "rows": comp_rows,
+        },
+        "fit": {
+            "eval_domain": scores["eval_domain"],
+            "windows": cfg.fit.eval.windows,
+            "context_length": cfg.fit.eval.context_length,
+            "ppl": {k: scores[f"ppl_{k}"] for k in ("dense", "pruned", "restored")},
+            "gap_closed_nll": scores["gap_closed_nll"],
+            "gap_closed": scores["gap_closed"],
+        },
+        "restoration": {
+            k: (round(v, 4) if isinstance(v, float) else v) for k, v in stats.summary().items()
+        },
+        "lens": [
+            {
+                "head": h.name,
+                "||W_O c||": h.write_norm,
+                "promoted": ", ".join(repr(t) for t in h.promoted[:5]),
+                "suppressed": ", ".join(repr(t) for t in h.suppressed[:5]),
+            }
+            for h in lens.heads[:8]
+        ],
+        "gain": {
+            "n_examples": gain.n_examples,
+            "n_skipped": gain.n_skipped,
+            "logit_diff_pruned": gain.logit_diff_pruned,
+            "logit_diff_restored": gain.logit_diff_restored,
+            "logit_diff_dense": gain.logit_diff_dense,
+            "sum": float(gain.gain.sum()),
+            "largest_abs": [
+                [n, float(gain.gain[lh])] for n, _, lh in top_heads(gain.gain.abs(), g, 8)
+            ],
+            "most_positive": [[n, v] for n, v, _ in top_heads(gain.gain, g, 8)],
+        },
+        "figures": saved,
+        "identity": shared.identity(),
+    }
+
+
+def render(record: dict[str, Any]) -> str:
+    """The findings report of one record (no model run)."""
+    lost, comps, fit, gain = record["lost"], record["components"], record["fit"], record["gain"]
+    saved, ppl = record["figures"], fit["ppl"]
     lines = [
         "# LCC findings on SmolLM2-135M-Instruct (Wanda 50 % unstructured)",
         "",
-        f"Command: `{cmd.strip()}` ({seconds / 60:.1f} min). Fit: {fit_source} "
-        f"({len(heads)} of {g.n_total_heads} heads by probe).",
+        f"Command: `{record['command'].strip()}` ({record['seconds'] / 60:.1f} min). Fit: "
+        f"{record['fit_source']} ({record['n_selected']} of {record['n_total_heads']} heads by probe). "
+        "Generated by `analysis/findings.py` from `findings.json`.",
         "",
         "## What pruning lost (plot 1)",
-        f"Activation differences at the last prompt token of {diff.n_positions} prompts. "
-        f"Mean ||dz||/||z_dense|| over heads {float(diff.rel_dz_norm.mean()):.3f} "
-        f"(max {float(diff.rel_dz_norm.max()):.3f}); mean dense/pruned cosine "
-        f"{float(diff.cosine.mean()):.3f} (min {float(diff.cosine.min()):.3f}).",
+        f"Activation differences at the last prompt token of {lost['n_positions']} prompts. "
+        f"Mean ||dz||/||z_dense|| over heads {lost['rel_dz_mean']:.3f} "
+        f"(max {lost['rel_dz_max']:.3f}); mean dense/pruned cosine "
+        f"{lost['cosine_mean']:.3f} (min {lost['cosine_min']:.3f}).",
         "Largest lost components (rank 1): "
-        + ", ".join(f"{n} {v:.2f}" for n, v, _ in top_lost)
+        + ", ".join(f"{n} {v:.2f}" for n, v in lost["top"])
         + ".",
         f"![lost](figures/{saved['lost_components']})",
         "",
         "## Spectra and leading vs minor components (plot 4, Finding 3)",
-        f"Share of ||dZ||^2 in the top direction: median {float(share.median()):.2f}, "
-        f"min {float(share.min()):.2f}, max {float(share.max()):.2f}.",
-        f"Training-free injection into the {len(heads)} selected heads; PPL over "
-        f"{cfg.component_windows} held-out "
-        f"windows (pruned {pruned_short:.4g}); task = {gain.n_examples} next-passage items, logit diff of the "
-        f"correct vs a wrong ending's first token (pruned {ld_pruned:.3f}, dense {ld_dense:.3f}).",
+        f"Share of ||dZ||^2 in the top direction: median {lost['share_median']:.2f}, "
+        f"min {lost['share_min']:.2f}, max {lost['share_max']:.2f}.",
+        f"Training-free injection into the {record['n_selected']} selected heads; PPL over "
+        f"{comps['windows']} held-out "
+        f"windows (pruned {comps['ppl_pruned']:.4g}); task = {gain['n_examples']} next-passage items, "
+        f"logit diff of the correct vs a wrong ending's first token (pruned "
+        f"{comps['logit_diff_pruned']:.3f}, dense {comps['logit_diff_dense']:.3f}).",
         "",
-        markdown_table(comp_rows, ["injected", "held-out PPL", "task logit diff"]),
+        markdown_table(comps["rows"], ["injected", "held-out PPL", "task logit diff"]),
         "",
         f"![spectra](figures/{saved['spectra']}) ![ppl](figures/{saved['components_ppl']}) "
         f"![ld](figures/{saved['components_logit_diff']})",
         "",
         "## Fit: training and dense / pruned / restored (plot 7)",
-        f"Held-out PPL on {scores['eval_domain']!r} (out of domain; {ev.windows} windows x "
-        f"{ev.context_length}): dense {ppl['dense']:.4g}, pruned {ppl['pruned']:.4g}, restored "
-        f"{ppl['restored']:.4g}; gap closed {scores['gap_closed_nll']:.3f} in NLL, "
-        f"{scores['gap_closed']:.3f} on the perplexity scale.",
+        f"Held-out PPL on {fit['eval_domain']!r} (out of domain; {fit['windows']} windows x "
+        f"{fit['context_length']}): dense {ppl['dense']:.4g}, pruned {ppl['pruned']:.4g}, restored "
+        f"{ppl['restored']:.4g}; gap closed {fit['gap_closed_nll']:.3f} in NLL, "
+        f"{fit['gap_closed']:.3f} on the perplexity scale.",
         f"![curves](figures/{saved['training_curves']}) ![ppl](figures/{saved['perplexity']})",
         "",
         "## Head selection (plot 3)",
         f"![selection](figures/{saved['selection']})",
         "",
         "## Restoration per head on held-out prompts (plot 2)",
-        "`"
-        + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summ.items()})
-        + "`",
+        "`" + json.dumps(record["restoration"]) + "`",
         f"![restoration](figures/{saved['restoration']}) ![ranking](figures/{saved['restoration_ranking']})",
         "",
         "## Logit lens of the compensations (plot 5, the paper's Figure 5)",
-        markdown_table(lens_rows, ["head", "||W_O c||", "promoted", "suppressed"]),
+        markdown_table(record["lens"], ["head", "||W_O c||", "promoted", "suppressed"]),
         "",
         f"![lens](figures/{saved['logit_lens']})",
         "",
         "## Per-head logit gain on the task (plot 6, Finding 2)",
-        f"Logit diff pruned {gain.logit_diff_pruned:.3f}, restored {gain.logit_diff_restored:.3f}, dense "
-        f"{gain.logit_diff_dense:.3f}; sum of the heads' direct gains {float(gain.gain.sum()):.3f} over "
-        f"{gain.n_examples} items ({gain.n_skipped} skipped: same first token).",
-        "Largest |gain|: "
-        + ", ".join(
-            f"{n} {float(gain.gain[lh]):+.3f}" for n, _, lh in top_heads(gain.gain.abs(), g, 8)
-        )
-        + ".",
-        f"Most positive: {', '.join(f'{n} {v:+.3f}' for n, v, _ in gain_rank)}.",
+        f"Logit diff pruned {gain['logit_diff_pruned']:.3f}, restored {gain['logit_diff_restored']:.3f}, "
+        f"dense {gain['logit_diff_dense']:.3f}; sum of the heads' direct gains {gain['sum']:.3f} over "
+        f"{gain['n_examples']} items ({gain['n_skipped']} skipped: same first token).",
+        "Largest |gain|: " + ", ".join(f"{n} {v:+.3f}" for n, v in gain["largest_abs"]) + ".",
+        f"Most positive: {', '.join(f'{n} {v:+.3f}' for n, v in gain['most_positive'])}.",
         f"![gain](figures/{saved['logit_gain']})",
         "",
-        "Identity: `" + json.dumps(shared.identity(), default=str) + "`",
+        "Identity: `" + json.dumps(record["identity"], default=str) + "`",
         "",
     ]
     return "\n".join(lines)

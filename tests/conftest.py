@@ -46,6 +46,19 @@ from lcc_lens.tiny import save_tiny_checkpoint  # noqa: E402
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+TIERS = {"unit": "unit", "integration": "integration", "slow": "slow"}
+"""Test folder -> tier marker: ``-m unit`` (tensors, no checkpoint on disk), ``-m integration`` (tiny
+checkpoints, the CLIs), ``-m slow`` (the real embedded model)."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with the tier of the folder it lives in."""
+    for item in items:
+        tier = TIERS.get(Path(str(item.fspath)).parent.name)
+        if tier is not None and item.get_closest_marker(tier) is None:
+            item.add_marker(getattr(pytest.mark, tier))
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Before each test's fixtures: slow tests get ``$LCC_LENS_TEST_CACHE`` when set, others the temp cache."""
     chosen = os.environ.get(TEST_CACHE_ENV)

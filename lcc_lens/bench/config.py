@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from lcc_lens.errors import ConfigError
-from lcc_lens.methods import METHOD_NAMES, ZERO_KEEPING_PEERS
+from lcc_lens.methods import FAMILY_METHODS, METHOD_NAMES, ZERO_KEEPING_PEERS
 from lcc_lens.pruning import PruneConfig
 
 SETTINGS: dict[str, PruneConfig] = {
@@ -17,8 +17,10 @@ SETTINGS: dict[str, PruneConfig] = {
 }
 """The paper's three settings: unstructured 50 % (Wanda), 2:4 (SparseGPT), structured 20 % (FLAP, mask)."""
 
-DEFAULT_METHODS: tuple[str, ...] = tuple(m for m in METHOD_NAMES if m not in ZERO_KEEPING_PEERS)
-"""The full run's methods: those of the committed tables (the zero-keeping peers run with ``--methods``)."""
+ON_REQUEST: tuple[str, ...] = (*ZERO_KEEPING_PEERS, *FAMILY_METHODS)
+"""Methods newer than the committed tables: they run when named in ``--methods`` (``--quick``: all)."""
+DEFAULT_METHODS: tuple[str, ...] = tuple(m for m in METHOD_NAMES if m not in ON_REQUEST)
+"""The full run's methods: those of the committed tables."""
 DEFAULT_OUT = "analysis/results/bench"
 QUICK_SETTING = "magnitude_quick_50"
 QUICK_SELF_TOKENS = 16
@@ -48,7 +50,7 @@ class BenchConfig:
         default=DEFAULT_METHODS,
         metadata=_help(
             f"restoration methods, from {list(METHOD_NAMES)}; default: all but "
-            f"{list(ZERO_KEEPING_PEERS)} (--quick: all)"
+            f"{list(ON_REQUEST)} (--quick: all)"
         ),
     )
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata=_help("seeds (3 or more for sd)"))
@@ -199,7 +201,8 @@ class BenchConfig:
     def fingerprint_dict(self) -> dict[str, Any]:
         """The settings that change a (method, seed) result (not where it is written, not seeds)."""
         d = self.to_dict()
-        for key in ("out", "cache_dir", "methods", "seeds", "settings", "device", "timing_repeats"):
+        drop = ("out", "cache_dir", "methods", "seeds", "settings", "device", "timing_repeats")
+        for key in (*drop, "lr", "method_lrs"):  # a method's resolved rate is in its own cache key
             d.pop(key)
         return d
 

@@ -112,7 +112,7 @@ def run_method(
 ) -> dict[str, Any]:
     """Prepare, train, export, measure and score one method for one seed."""
     method = make_method(name)
-    tcfg = replace(ctx.train_config, lr=cfg.lr_for(name, method.default_lr))
+    tcfg = replace(ctx.train_config, lr=method_lr(cfg, name) or method.default_lr)
     history: list[dict[str, Any]] = []
     mem = PeakMemory(device=str(ctx.device))
     t0 = time.perf_counter()
@@ -146,6 +146,12 @@ def run_method(
     }
     del merged, method
     return result
+
+
+def method_lr(cfg: BenchConfig, name: str) -> float | None:
+    """The rate ``name`` trains at in this run (None: a training-free method)."""
+    method = make_method(name)
+    return cfg.lr_for(name, method.default_lr) if method.trains else None
 
 
 def failed_result(
@@ -261,7 +267,8 @@ def run_setting(cfg: BenchConfig, setting: str, work: Path, command: str = "") -
     data_by_seed: dict[int, EncodedData] = {}
     n_examples: dict[int, int] = {}
     for seed, name in progress(jobs, desc=f"bench {setting}", unit="run"):
-        got = cache.get(name, seed)
+        lr = method_lr(cfg, name)
+        got = cache.get(name, seed, lr)
         if got is None:
             fit = fit_config(cfg, dcfg, seed)
             if seed not in data_by_seed:  # the fit's own training examples, shared by every method
@@ -282,7 +289,7 @@ def run_setting(cfg: BenchConfig, setting: str, work: Path, command: str = "") -
                 _cache={"pruned_hf": pruned_hf, "dense_hf": dense_hf},
             )
             got = run_method(name, ctx, cfg, plan, ids)
-            cache.put(name, seed, got)
+            cache.put(name, seed, got, lr)
             if "failed" not in got:
                 logger.info("%s seed %d done in %.1f s", name, seed, got["fit_seconds"])
         if "failed" not in got:

@@ -16,6 +16,7 @@ from lcc_lens.methods.context import MethodContext
 from lcc_lens.methods.head_offsets import (
     LCC,
     BiasAllHeads,
+    LCCFamily,
     LCCPaper,
     LCCRandomHeads,
     LostComponent,
@@ -45,6 +46,7 @@ _REGISTRY: dict[str, type[RestorationMethod]] = {
         SPPR8,
         BiasNorm,
         MaskedFullFT,
+        LCCFamily,
     )
 }
 METHOD_NAMES: tuple[str, ...] = tuple(_REGISTRY)
@@ -58,7 +60,10 @@ ZERO_KEEPING_PEERS: tuple[str, ...] = (
     BiasNorm.name,
     MaskedFullFT.name,
 )
-"""The zero-keeping weight-level peers (issue 24), last in ``METHOD_NAMES``."""
+"""The zero-keeping weight-level peers (issue 24), after the committed benchmark's methods."""
+
+FAMILY_METHODS: tuple[str, ...] = (LCCFamily.name,)
+"""The LCC family beyond the head offsets (the fit trains it through ``--compensate``), last."""
 
 
 def make_method(name: str) -> RestorationMethod:
@@ -70,6 +75,7 @@ def make_method(name: str) -> RestorationMethod:
 
 __all__ = [
     "METHOD_NAMES",
+    "FAMILY_METHODS",
     "ZERO_KEEPING_PEERS",
     "HFLogits",
     "MethodContext",

@@ -3,7 +3,10 @@
 * ``lcc``: c = V^T beta + b on the heads chosen by contrastive probing (the default LCC configuration);
 * ``lcc_random_heads``: the same on as many randomly chosen heads;
 * ``bias_all_heads``: b only, on every head (the naive offset);
-* ``lost_component``: the rank-K lost component itself on every head, injected without training.
+* ``lost_component``: the rank-K lost component itself on every head, injected without training;
+* ``lcc_family``: ``lcc``'s heads plus every other exact-merge term of the LCC family (MLP-output offsets
+  where the class can hold a down_proj bias, norm gains, per-head and per-channel output scales), the
+  compensation ``lcc fit --compensate heads,mlp,norms,scales`` trains.
 
 All of them use :class:`lcc_lens.compensation.Compensation` and :func:`lcc_lens.export.merge`, so the
 export keeps the pruned weights (and their zeros) untouched.
@@ -12,6 +15,8 @@ export keeps the pruned weights (and their zeros) untouched.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -21,7 +26,10 @@ from lcc_lens.methods.base import RestorationMethod, clean_copy
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+    from lcc_lens.family import CompensationFamily
     from lcc_lens.methods.context import MethodContext
+
+logger = logging.getLogger(__name__)
 
 
 class HeadOffsetMethod(RestorationMethod):
@@ -148,3 +156,45 @@ class LostComponent(HeadOffsetMethod):
     selection = "all"
     use_directions = False
     init_lost_component = True
+
+
+class LCCFamily(LCC):
+    """``lcc`` plus the family's other terms, built by the fit's own ``build_compensation`` stage."""
+
+    name = "lcc_family"
+    family: ClassVar[tuple[str, ...]] = ("heads", "mlp", "norms", "scales")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.compensation: CompensationFamily | None = None  # type: ignore[assignment]
+
+    def prepare(self, ctx: MethodContext) -> None:
+        from lcc_lens.family_layout import FamilyLayout
+        from lcc_lens.fit.stages import build_compensation
+
+        assert ctx.fit is not None
+        parts = self.family
+        if not FamilyLayout.of(ctx.pair.pruned).mlp_bias:
+            parts = tuple(p for p in parts if p != "mlp")
+            logger.warning(
+                "%s: this architecture holds no down_proj bias; no MLP offsets", self.name
+            )
+        fit = dataclasses.replace(
+            ctx.fit, compensation=dataclasses.replace(ctx.fit.compensation, compensate=parts)
+        )
+        heads = ctx.heads(self.selection, self.probe_mode)
+        family = build_compensation(ctx.pair, heads, ctx.components(), fit)
+        self.compensation = family.to(ctx.device)  # type: ignore[assignment]
+        self._prepared = True
+
+    def export(self, model: PreTrainedModel) -> PreTrainedModel:
+        self.check_prepared()
+        assert self.compensation is not None
+        merged, _route = self.compensation.merge(model)
+        return merged
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        if self.compensation is not None:
+            out["components"] = list(self.compensation.components)
+        return out

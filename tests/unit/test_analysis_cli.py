@@ -140,3 +140,22 @@ def test_scripts_run_as_modules(name):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "usage" in out.stdout
+
+
+def test_prune_perplexity_report_only_needs_its_record(analysis, tmp_path, capsys):
+    mod = analysis("prune_perplexity")
+    out = tmp_path / "pp.md"
+    assert mod.main(["--report-only", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("error: no record at")
+    assert not out.exists()
+
+
+def test_race_parse_and_rate_choice_on_validation(analysis):
+    mod = analysis("race")
+    args = mod.parse_args(["--phase", "grid", "--methods", "lcc,masked_lora_r8", "--steps", "64"])
+    assert args.methods == ("lcc", "masked_lora_r8") and args.steps == 64
+    with pytest.raises(SystemExit):
+        mod.parse_args(["--methods", "lcc,nonsense"])
+    assert all(len(rates) == 3 for rates in mod.GRID.values())  # at least 3 rates per method
+    cmd = mod.command("s", 16, ["lcc", "lora_r8"], {"lcc": 5e-3, "lora_r8": 3e-3}, (0,))
+    assert "--method-lrs lcc=0.005,lora_r8=0.003" in cmd and "--seeds 0 " in cmd

@@ -3,8 +3,7 @@
 Each case regenerates one file from the JSON records committed beside it, with no model run, and compares
 it byte for byte with the committed file: a table edited by hand, or a generator changed without
 regenerating its table, fails here. The out-of-domain report is run through its command line into a
-temporary folder (with a copy of the README, whose results block it rewrites). Tables whose records were
-never committed (the ablation and findings reports, the pruning perplexity table) cannot be checked here.
+temporary folder (with a copy of the README, whose results block it rewrites).
 """
 
 from __future__ import annotations
@@ -16,7 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from analysis import gemma_memory_plan, gemma_pipeline, ood_report, selectors_report
+from analysis import (
+    ablations,
+    findings,
+    gemma_memory_plan,
+    gemma_pipeline,
+    ood_report,
+    prune_perplexity,
+    race,
+    selectors_report,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "analysis" / "results"
@@ -40,7 +48,21 @@ def _memory_plan_md() -> str:
     return gemma_memory_plan.markdown(json.loads(_read(GEMMA / "memory_plan.json")))
 
 
+def _rendered(module, record: str) -> Callable[[], str]:
+    return lambda: module.render(json.loads(_read(RESULTS / record)))
+
+
 GENERATED: dict[str, tuple[Path, Callable[[], str]]] = {
+    "prune_perplexity.md": (
+        RESULTS / "prune_perplexity.md",
+        _rendered(prune_perplexity, "prune_perplexity.json"),
+    ),
+    "ablations.md": (RESULTS / "ablations.md", _rendered(ablations, "ablations.json")),
+    "findings.md": (RESULTS / "findings.md", _rendered(findings, "findings.json")),
+    "race/summary.md": (
+        RESULTS / "race" / "summary.md",
+        lambda: race.race_markdown(race.SETTING, race.budgets(race.SETTING)),
+    ),
     "selection/selectors.json": (SELECTION / "selectors.json", _selectors_json),
     "selection/selectors.md": (SELECTION / "selectors.md", _selectors_md),
     "gemma/gemma_results.md": (GEMMA / "gemma_results.md", lambda: gemma_pipeline.report(GEMMA)),

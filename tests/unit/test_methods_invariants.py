@@ -13,7 +13,13 @@ import pytest
 import torch
 
 from lcc_lens.bench.measure import sparsity_kept
-from lcc_lens.methods import METHOD_NAMES, ZERO_KEEPING_PEERS, MethodContext, make_method
+from lcc_lens.methods import (
+    FAMILY_METHODS,
+    METHOD_NAMES,
+    ZERO_KEEPING_PEERS,
+    MethodContext,
+    make_method,
+)
 from lcc_lens.models import load_causal_lm
 
 TOL = 1e-4
@@ -26,6 +32,7 @@ KEEP_ZEROS = {
     "mean_bias",
     "lofit",
     *ZERO_KEEPING_PEERS,
+    *FAMILY_METHODS,
 }
 FILL_ZEROS = {"lora_matched", "lora_r8", "dora_matched", "dora_r8"}
 
