@@ -159,3 +159,35 @@ def test_race_parse_and_rate_choice_on_validation(analysis):
     assert all(len(rates) == 3 for rates in mod.GRID.values())  # at least 3 rates per method
     cmd = mod.command("s", 16, ["lcc", "lora_r8"], {"lcc": 5e-3, "lora_r8": 3e-3}, (0,))
     assert "--method-lrs lcc=0.005,lora_r8=0.003" in cmd and "--seeds 0 " in cmd
+
+
+def test_race_rate_is_chosen_on_validation_never_on_test(analysis, monkeypatch):
+    mod = analysis("race")
+    rows = [
+        {"lr": 1e-3, mod.SELECT_ON: {"mean": 0.3}, mod.TEST: {"mean": 0.1}},
+        {"lr": 1e-2, mod.SELECT_ON: {"mean": 0.2}, mod.TEST: {"mean": 0.5}},
+    ]
+    monkeypatch.setattr(mod, "grid_rows", lambda setting, steps: {"lcc": rows})
+    assert mod.chosen_rates("s", 16) == {"lcc": 1e-3}
+
+
+def test_race_pick_leaves_out_the_ceiling_and_dense_merges(analysis):
+    mod = analysis("race")
+
+    def row(test: float, params: int, kept: float) -> dict:
+        return {
+            "seeds": [0],
+            mod.TEST: {"mean": test, "seeds": [test]},
+            "trainable_params": params,
+            "sparsity_kept": {"mean": kept},
+        }
+
+    rows = {
+        "masked_full_ft": row(0.9, 10**8, 1.0),
+        "lora_r8": row(0.8, 1000, 0.75),
+        "masked_lora_r8": row(0.5, 1000, 1.0),
+        "lcc": row(0.3, 100, 1.0),
+    }
+    lines = mod._pick_lines(rows, "speeches")
+    assert "`masked_lora_r8`" in lines[0] and "masked_full_ft`: " not in lines[0]
+    assert "(200): `lcc`, -50.0 points" in lines[1]
