@@ -147,7 +147,7 @@ def _ranking(shared: Shared, cache: dict, vcfg: FitConfig) -> HeadRanking:
     key = (vcfg.select.method, vcfg.compensation.k)
     if key not in cache:
         lost = shared.lost_of_rank(vcfg.compensation.k)
-        cache[key] = stages.select(shared.pair, shared.data, lost, vcfg)
+        cache[key] = stages.select(shared.pair, shared.data, lost, vcfg.select, vcfg.probe)
     return cache[key].top(vcfg.select.count(shared.pair.geometry))
 
 
@@ -175,8 +175,10 @@ def run(cfg: AblationConfig) -> list[dict[str, Any]]:
         ranking = _ranking(shared, rankings, vcfg)
         lost = shared.lost_of_rank(v.k)
         if v.train:
-            comp = stages.build_compensation(shared.pair, ranking.selected, lost.components, vcfg)
-            history = stages.train_compensation(shared.pair, comp, shared.data, vcfg).history
+            comp = stages.build_compensation(
+                shared.pair, ranking.selected, lost.components, vcfg.compensation
+            )
+            history = stages.train_compensation(shared.pair, comp, shared.data, vcfg.train).history
             final_loss = history[-1]["loss"] if history else float("nan")
         else:
             from lcc_lens.compensation import Compensation

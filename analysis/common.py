@@ -84,8 +84,10 @@ class Shared:
 
     def scores(self, comp: Compensation | None) -> dict[str, Any]:
         """Headline metrics (test domain) of the pruned model, with ``comp`` attached when given."""
-        result = heldout_evaluation(self.pair, comp, self.data, self.config, baseline=self.baseline)
-        return headline_metrics(result, self.test_domain)
+        result = heldout_evaluation(
+            self.pair, comp, self.data, self.config.eval, baseline=self.baseline
+        )
+        return headline_metrics(result, self.test_domain).to_dict()
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -100,8 +102,8 @@ def run_shared_stages(config: FitConfig) -> Shared:
     """Resolve the pair, choose the data, take the diffs and score dense / pruned: once per setting."""
     resolved = stages.resolve_pair(config)
     data = stages.choose_data(config, resolved.pair)
-    lost = stages.find_lost_components(resolved.pair, data, config)
-    baseline = heldout_evaluation(resolved.pair, None, data, config)
+    lost = stages.find_lost_components(resolved.pair, data, config.diff, config.compensation.k)
+    baseline = heldout_evaluation(resolved.pair, None, data, config.eval)
     return Shared(config, resolved, data, lost, baseline)
 
 

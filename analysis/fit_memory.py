@@ -46,12 +46,12 @@ def measure(steps: int, chunk: int | None) -> dict[str, Any]:
     peaks["load"] = _peak_gb()
     data = st.choose_data(cfg, pair)
     peaks["data"] = _peak_gb()
-    lost = st.find_lost_components(pair, data, cfg)
+    lost = st.find_lost_components(pair, data, cfg.diff, cfg.compensation.k)
     peaks["lost_components"] = _peak_gb()
-    ranking = st.select(pair, data, lost, cfg)
-    comp = st.build_compensation(pair, ranking.selected, lost.components, cfg)
+    ranking = st.select(pair, data, lost, cfg.select, cfg.probe)
+    comp = st.build_compensation(pair, ranking.selected, lost.components, cfg.compensation)
     t0 = time.perf_counter()
-    trained = st.train_compensation(pair, comp, data, cfg)
+    trained = st.train_compensation(pair, comp, data, cfg.train)
     seconds = time.perf_counter() - t0
     peaks["train"] = _peak_gb()
     return {

@@ -171,7 +171,9 @@ def run(setting: str, seed: int, out_dir: Path) -> dict[str, Any]:
             "protocol": None,  # filled below; a run cut short keeps the fit and export figures
             "export": export_exactness(result, check_texts),
             "fit_metrics": {
-                k: v for k, v in result.metrics.items() if isinstance(v, int | float | str)
+                k: v
+                for k, v in result.metrics.to_dict().items()
+                if isinstance(v, int | float | str)
             },
             "selected_heads": [list(h) for h in result.compensation.selected_heads()],
             "selection_method": result.ranking.method,

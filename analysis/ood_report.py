@@ -19,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from analysis.readme_block import README, update_block
 from lcc_lens.atomic import write_text
 from lcc_lens.evaluation.gap import nll_gap_closed, ppl_gap_closed
 from lcc_lens.evaluation.heldout_tasks import task_gap_closed
@@ -265,7 +266,6 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 BEGIN, END = "<!-- ood-results:begin -->", "<!-- ood-results:end -->"
 
 
@@ -306,13 +306,7 @@ def readme_block(summary: dict[str, Any], setting: str) -> str:
 
 def update_readme(block: str, readme: Path = README) -> bool:
     """Replace the text between ``readme``'s ood-results markers; False when the markers are absent."""
-    text = readme.read_text(encoding="utf-8")
-    if BEGIN not in text or END not in text:
-        return False
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    write_text(readme, head + block + tail)
-    return True
+    return update_block(readme, BEGIN, END, block)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -290,15 +290,15 @@ def _fit_default(pair: ModelPair, pruned_dir: Path, seed: int, control: bool) ->
 
     config = replace(FitConfig(), seed=seed, pruned=str(pruned_dir))
     data = st.choose_data(config, pair)
-    lost = st.find_lost_components(pair, data, config)
-    ranking = st.select(pair, data, lost, config)
+    lost = st.find_lost_components(pair, data, config.diff, config.compensation.k)
+    ranking = st.select(pair, data, lost, config.select, config.probe)
 
     def make() -> Compensation:
-        return st.build_compensation(pair, ranking.selected, lost.components, config)
+        return st.build_compensation(pair, ranking.selected, lost.components, config.compensation)
 
     comp = make()
     t_fit = time.perf_counter()
-    trained = st.train_compensation(pair, comp, data, config)
+    trained = st.train_compensation(pair, comp, data, config.train)
     out: dict[str, Any] = {
         "comp": comp,
         "history": trained.history,

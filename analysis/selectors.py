@@ -242,8 +242,8 @@ def fit(
         # the default fit's data, objective and compensation form on these heads, at setup.steps
         config = _fit_config(setup, seed, pruned_dir)
         encoded = st.choose_data(config, pair)
-        comp = st.build_compensation(pair, heads, lost, config)
-        history = st.train_compensation(pair, comp, encoded, config).history
+        comp = st.build_compensation(pair, heads, lost, config.compensation)
+        history = st.train_compensation(pair, comp, encoded, config.train).history
         fit_s = time.perf_counter() - t0
         nll = {d: _nll((pair.pruned, comp), w) for d, w in windows.items()}
         gap = {d: nll_gap_closed(base["dense"][d], base["pruned"][d], nll[d]) for d in nll}

@@ -42,7 +42,7 @@ class MethodNotApplicable(LccError):
 
 class DivergedError(LccError):
     """Training diverged: NaN or inf in the loss or an adapter, or (the fit's guard,
-    ``lcc_lens.fit.evaluate.FitDivergedError``) a result worse than the pruned model."""
+    ``lcc_lens.fit.guards.FitDivergedError``) a result worse than the pruned model."""
 
 
 class OwnershipError(LccError):

@@ -400,6 +400,23 @@ def _named(method: Trainable) -> list[tuple[str, torch.Tensor]]:
     return [(str(i), p) for i, p in enumerate(method.parameters())]
 
 
+def _param_groups(
+    comp: Trainable, trainable: list[nn.Parameter], lr: float
+) -> list[dict[str, Any]]:
+    """The optimizer's groups: one at ``lr``, or the method's own (``param_groups(lr)``: tensors that
+    want another rate), which must cover exactly the trainable tensors."""
+    groups_of = getattr(comp, "param_groups", None)
+    if groups_of is None:
+        return [{"params": trainable, "lr": lr}]
+    groups = groups_of(lr)
+    covered = sorted(id(p) for g in groups for p in g["params"])
+    if covered != sorted(id(p) for p in trainable):
+        raise ConfigError(
+            f"{type(comp).__name__}.param_groups must list every trainable tensor exactly once."
+        )
+    return groups
+
+
 def train(
     pair: ModelPair,
     comp: Trainable,
@@ -433,7 +450,7 @@ def train(
     if sum(p.numel() for p in trainable) == 0 or total == 0:
         logger.info("nothing to train (%d trainable tensors, %d steps)", len(trainable), total)
         return history
-    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(_param_groups(comp, trainable, cfg.lr), weight_decay=cfg.weight_decay)
     warmup = round(cfg.warmup_fraction * total)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, total, warmup))
     key = hashlib.sha256(f"{cfg.fingerprint()}|{identity}|{total}".encode()).hexdigest()[:16]

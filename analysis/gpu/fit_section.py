@@ -12,7 +12,6 @@ exactness from bf16 rounding.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -103,7 +102,7 @@ def fp32_export_check(result: Any, config: Any, texts: Any) -> float | None:
     """The export check again with the pair in fp32: hooked pruned bridge + the same compensation
     against ``model/`` reloaded by plain transformers, which separates the export's exactness from
     bf16 rounding (the fit's own check compares a bf16 bridge with the fp32 reload)."""
-    from lcc_lens.fit.evaluate import export_check, export_check_text
+    from lcc_lens.fit.exporting import export_check, export_check_text
     from lcc_lens.models import ModelPair
 
     if result.out_dir is None:
@@ -113,7 +112,14 @@ def fp32_export_check(result: Any, config: Any, texts: Any) -> float | None:
     )
     model_dir = result.out_dir / "model"
     text = export_check_text(texts)
-    diff = export_check(pair, result.compensation, model_dir, text, config, torch.float32)
+    diff = export_check(
+        pair,
+        result.compensation,
+        model_dir,
+        text,
+        allow_worse=config.allow_worse,
+        target=torch.float32,
+    )
     del pair
     return diff
 
@@ -135,7 +141,7 @@ def compare_with_cpu(result: Any, config: Any, texts: Any, smoke: bool) -> dict[
         result.pair,
         result.compensation,
         EncodedData(texts, [], []),
-        dataclasses.replace(config, eval=ProtocolConfig(**protocol)),
+        ProtocolConfig(**protocol),
     )
     gpu = _domains(rescored.to_dict())
     domains = {}
@@ -169,7 +175,7 @@ def compare_with_cpu(result: Any, config: Any, texts: Any, smoke: bool) -> dict[
 
 def fit_figures(result: Any) -> dict[str, Any]:
     """What the fit measured: stages, wall time, gaps per domain, export check, validation losses."""
-    m = result.metrics
+    m = result.metrics.to_dict()
     return {
         "stages": m.get("stages", {}),
         "wall_time_s": m.get("wall_time_s"),

@@ -109,6 +109,7 @@ def _method_row(name: str, all_runs: Sequence[Mapping[str, Any]]) -> dict[str, A
         "peak_memory_mb": summary([r["peak_memory_mb"] for r in runs]),
         "peak_memory_kind": runs[0].get("peak_memory_kind"),
         "lr": runs[0].get("lr"),
+        "export_max_abs_logit_diff": _largest([r.get("export_max_abs_logit_diff") for r in runs]),
         "steps": runs[0].get("steps"),
         "nll": {
             d: statistics.fmean(r["scores"]["domains"][d]["nll"] for r in runs) for d in domains
@@ -123,6 +124,11 @@ def _method_row(name: str, all_runs: Sequence[Mapping[str, Any]]) -> dict[str, A
         "config": runs[0]["describe"],
         **_interval_field(runs),
     }
+
+
+def _largest(values: Sequence[float | None]) -> float | None:
+    """The worst export check over the seeds (None when a cached run predates the check)."""
+    return None if any(v is None for v in values) else max(values)  # type: ignore[type-var]
 
 
 def _interval_field(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """The benchmark composition: for each pruning setting, every method x seed on the same data and budget.
 
-Per (method, seed): prepare the method from the shared stages, train it with the project's training loop
-on the fit's own training examples (half corpus, half self-written text; the same steps, batch and
-objective for all), export a merged plain HF model, measure the export (zeros kept, forward time against
-the pruned model, interleaved), and score it with the evaluation protocol. Each finished (method, seed) is
+Per (method, seed): prepare the method from the shared stages, train it through the fit's training stage
+on the fit's own training and validation examples (half corpus, half self-written text; the same steps,
+batch and objective for all), refuse it through the fit's divergence guard, export a merged plain HF model
+and check it against the attached method (the fit's export check), measure the export (zeros kept, forward
+time against the pruned model, interleaved), and score it with the evaluation protocol. Each finished (method, seed) is
 stored on disk before the next starts (resume).
 """
 
@@ -36,11 +37,13 @@ from lcc_lens.data import DataConfig, fit_data
 from lcc_lens.errors import DivergedError, MethodNotApplicable
 from lcc_lens.evaluation.protocol import ProtocolConfig
 from lcc_lens.evaluation.task_sets import TASK_SET_VERSION, TaskSetConfig
-from lcc_lens.fit.stages import EncodedData, choose_data
+from lcc_lens.fit.exporting import export_check_text, merged_logit_diff
+from lcc_lens.fit.guards import check_not_diverged
+from lcc_lens.fit.stages import EncodedData, choose_data, train_compensation
 from lcc_lens.methods import MethodContext, RestorationMethod, make_method
 from lcc_lens.models import ModelPair, describe, load_causal_lm, resolve_device
 from lcc_lens.progress import progress
-from lcc_lens.training import TrainConfig, train
+from lcc_lens.training import TrainConfig
 
 logger = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -109,11 +112,14 @@ def run_method(
     cfg: BenchConfig,
     plan: ScoringPlan,
     ids: torch.Tensor,
+    data: EncodedData,
 ) -> dict[str, Any]:
-    """Prepare, train, export, measure and score one method for one seed."""
+    """Prepare, train (with the fit's validation set and divergence guard), export, check the export,
+    measure and score one method for one seed."""
     method = make_method(name)
     tcfg = replace(ctx.train_config, lr=method_lr(cfg, name) or method.default_lr)
     history: list[dict[str, Any]] = []
+    val_losses: dict[str, float] = {}
     mem = PeakMemory(device=str(ctx.device))
     t0 = time.perf_counter()
     fit_seconds = 0.0
@@ -122,10 +128,24 @@ def run_method(
             torch.manual_seed(ctx.seed)
             method.prepare(ctx)
             if method.trains:
-                history = train(ctx.pair, method, ctx.train_encoded, [], tcfg)
+                trained = train_compensation(ctx.pair, method, data, tcfg)
+                history = trained.history
+                val_losses = {
+                    "pruned": trained.val_loss_pruned,
+                    "restored": trained.val_loss_restored,
+                }
         fit_seconds = time.perf_counter() - t0
+        if method.trains:
+            assert ctx.fit is not None
+            check_not_diverged(
+                trained.val_loss_pruned,
+                trained.val_loss_restored,
+                worse_margin=ctx.fit.worse_margin,
+                allow_worse=False,
+            )
         pruned = ctx.pruned_model()
         merged = method.export(pruned)
+        export_diff = merged_logit_diff(ctx.pair, method, merged, export_check_text(data.texts))
     except (MethodNotApplicable, DivergedError) as exc:
         logger.warning("%s seed %d failed: %s", name, ctx.seed, exc)
         return failed_result(name, ctx.seed, method, exc, fit_seconds or time.perf_counter() - t0)
@@ -136,6 +156,8 @@ def run_method(
         "lr": tcfg.lr if method.trains else None,
         "steps": len(history),
         "final_loss": history[-1]["loss"] if history else None,
+        "val_loss": val_losses or None,
+        "export_max_abs_logit_diff": export_diff,
         "fit_seconds": fit_seconds,
         "peak_memory_mb": mem.peak_mb,
         "peak_memory_kind": mem.kind,
@@ -288,7 +310,7 @@ def run_setting(cfg: BenchConfig, setting: str, work: Path, command: str = "") -
                 fit=fit,
                 _cache={"pruned_hf": pruned_hf, "dense_hf": dense_hf},
             )
-            got = run_method(name, ctx, cfg, plan, ids)
+            got = run_method(name, ctx, cfg, plan, ids, chosen)
             cache.put(name, seed, got, lr)
             if "failed" not in got:
                 logger.info("%s seed %d done in %.1f s", name, seed, got["fit_seconds"])

@@ -3,7 +3,8 @@
 ``fit(FitConfig())`` runs the whole job on the embedded SmolLM2-135M-Instruct offline: Wanda 50 %
 (cached), real text for calibration and fitting, held-out perplexity of dense / pruned / restored on a
 domain never fitted on. It is the composition of the stages in :mod:`lcc_lens.fit.stages` and
-:mod:`lcc_lens.fit.evaluate`; :mod:`lcc_lens.fit.run_dir` writes the run directory. From the shell:
+:mod:`lcc_lens.fit.evaluate`, :mod:`lcc_lens.fit.guards` and :mod:`lcc_lens.fit.exporting`; what it
+measured is a typed :class:`FitMetrics`; :mod:`lcc_lens.fit.run_dir` writes the run directory. From the shell:
 ``python -m lcc_lens.fit``.
 """
 
@@ -30,17 +31,10 @@ from lcc_lens.family import CompensationFamily
 from lcc_lens.fit import run_dir as rd
 from lcc_lens.fit.clock import StageClock
 from lcc_lens.fit.config import FitConfig
-from lcc_lens.fit.evaluate import (
-    FitDivergedError,
-    check_not_diverged,
-    export,
-    export_check,
-    export_check_text,
-    headline_metrics,
-    heldout_evaluation,
-    restoration,
-    target_dtype,
-)
+from lcc_lens.fit.evaluate import heldout_evaluation, restoration
+from lcc_lens.fit.exporting import export, export_check, export_check_text, target_dtype
+from lcc_lens.fit.guards import FitDivergedError, check_not_diverged
+from lcc_lens.fit.metrics import FitMetrics, Headline, headline_metrics
 from lcc_lens.fit.stages import (
     EncodedData,
     LostStage,
@@ -65,7 +59,9 @@ from lcc_lens.selection import HeadRanking
 __all__ = [
     "FitConfig",
     "FitDivergedError",
+    "FitMetrics",
     "FitResult",
+    "Headline",
     "fit",
     "summary_table",
 ]
@@ -75,7 +71,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class FitResult:
-    """What a fit produced; ``metrics`` holds held-out perplexities and the fraction of the gap closed."""
+    """What a fit produced; ``metrics``: held-out perplexities, the gap closed, sizes and costs."""
 
     config: FitConfig
     pair: ModelPair
@@ -84,7 +80,7 @@ class FitResult:
     components: LostComponents | None
     diff: HeadDiff | None
     history: list[dict[str, Any]]
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: FitMetrics
     pruned_source: str = ""
     out_dir: Path | None = None
     restoration: RestorationStats | None = None
@@ -179,10 +175,10 @@ def _fit_from_data(
     lost: LostStage | None = None
     if config.method == "lcc":
         with clock.stage("lost_components"):
-            lost = find_lost_components(pair, encoded, config)
+            lost = find_lost_components(pair, encoded, config.diff, config.compensation.k)
         with clock.stage("selection"):
-            ranking = select(pair, encoded, lost, config)
-        comp = build_compensation(pair, ranking.selected, lost.components, config)
+            ranking = select(pair, encoded, lost, config.select, config.probe)
+        comp = build_compensation(pair, ranking.selected, lost.components, config.compensation)
     else:
         with clock.stage("prepare"):
             comp = prepare_method(config, resolved, encoded)
@@ -192,7 +188,7 @@ def _fit_from_data(
             pair,
             comp,
             encoded,
-            config,
+            config.train,
             run_dir=run,
             resume=resume,
             identity=run_identity(config, resolved.pruned_source, ranking.selected),
@@ -200,16 +196,16 @@ def _fit_from_data(
         )
     if run is not None and resume and distributed.context().is_main:
         rd.accept_resume(run, config.to_dict())  # the checkpoint was accepted: now record the run
-    metrics: dict[str, Any] = {
-        "val_loss_pruned": trained.val_loss_pruned,
-        "val_loss_restored": trained.val_loss_restored,
-        "stages": clock.stages,  # filled in as the stages below finish
-    }
     with clock.stage("evaluation"):
-        evaluation = heldout_evaluation(pair, comp, encoded, config)
-    metrics.update(headline_metrics(evaluation, encoded.texts.config.test_domain))
-    metrics["n_selected_heads"] = getattr(comp, "n_selected", 0)
-    metrics["n_trainable_parameters"] = sum(p.numel() for p in comp.parameters() if p.requires_grad)
+        evaluation = heldout_evaluation(pair, comp, encoded, config.eval)
+    metrics = FitMetrics(
+        val_loss_pruned=trained.val_loss_pruned,
+        val_loss_restored=trained.val_loss_restored,
+        headline=headline_metrics(evaluation, encoded.texts.config.test_domain),
+        n_selected_heads=getattr(comp, "n_selected", 0),
+        n_trainable_parameters=sum(p.numel() for p in comp.parameters() if p.requires_grad),
+        stages=clock.stages,  # filled in as the stages below finish
+    )
     result = FitResult(
         config,
         pair,
@@ -224,11 +220,16 @@ def _fit_from_data(
         data_description=encoded.texts.describe(),
     )
     if run is not None:
-        check_not_diverged(trained, config)  # before anything is exported (same on every rank)
+        check_not_diverged(  # before anything is exported (same on every rank)
+            trained.val_loss_pruned,
+            trained.val_loss_restored,
+            worse_margin=config.worse_margin,
+            allow_worse=config.allow_worse,
+        )
     if run is not None and distributed.context().is_main:
         with clock.stage("restoration"):
             if lost is not None:  # a peer method has no head offsets to measure
-                result.restoration = restoration(pair, comp, encoded, config)
+                result.restoration = restoration(pair, comp, encoded, config.diff)
         if isinstance(comp, CompensationFamily) and encoded.validation:
             with clock.stage("attribution"):
                 result.attribution = family_attribution(
@@ -236,11 +237,11 @@ def _fit_from_data(
                 )
         with clock.stage("export"):
             _export(result, encoded, run)
-        metrics["wall_time_s"] = time.perf_counter() - t0
+        metrics.wall_time_s = time.perf_counter() - t0
         rd.write_outputs(result, run)
-        rd.mark_complete(run, metrics)
+        rd.mark_complete(run, metrics.to_dict())
     else:
-        metrics["wall_time_s"] = time.perf_counter() - t0
+        metrics.wall_time_s = time.perf_counter() - t0
     return result
 
 
@@ -259,10 +260,17 @@ def _export(result: FitResult, encoded: EncodedData, run: Path) -> None:
     model_dir = export(result.pruned_source, result.compensation, run / "model", meta)
     check_text = export_check_text(encoded.texts)
     try:
-        target = target_dtype(result.pruned_source, cfg)
-        diff = export_check(result.pair, result.compensation, model_dir, check_text, cfg, target)
+        target = target_dtype(result.pruned_source, cfg.dtype)
+        diff = export_check(
+            result.pair,
+            result.compensation,
+            model_dir,
+            check_text,
+            allow_worse=cfg.allow_worse,
+            target=target,
+        )
     except FitDivergedError:
         shutil.rmtree(model_dir, ignore_errors=True)
         (run / COMPENSATION_FILE).unlink(missing_ok=True)
         raise
-    result.metrics["export_max_abs_logit_diff"] = diff
+    result.metrics.export_max_abs_logit_diff = diff

@@ -94,7 +94,8 @@ class FitConfig:
         default="lcc",
         metadata={
             "help": "what the fit trains: lcc (the compensation, see --compensate) or a zero-keeping "
-            "peer method (masked_lora_r8, masked_lora_matched, spp_r8, perp_bias_norm, masked_full_ft)"
+            "method (masked_lora_r8, masked_lora_r1, masked_lora_matched, spp_r8, perp_bias_norm, "
+            "masked_full_ft, lcc_lowrank: lcc's head offsets with a rank-1 masked LoRA)"
         },
     )
     max_length: int = field(
@@ -267,11 +268,11 @@ def _nest_legacy(values: Any) -> Any:
 
 def check_fit_method(name: str) -> None:
     """Refuse a method the fit cannot export without filling the pruned zeros, or an unknown one."""
-    from lcc_lens.methods import METHOD_NAMES, ZERO_KEEPING_PEERS
+    from lcc_lens.methods import FIT_METHODS, METHOD_NAMES
 
-    if name == "lcc" or name in ZERO_KEEPING_PEERS:
+    if name in FIT_METHODS:
         return
-    choices = ", ".join(("lcc", *ZERO_KEEPING_PEERS))
+    choices = ", ".join(FIT_METHODS)
     if name.startswith(("lora", "dora")):
         raise ConfigError(
             f"method {name!r} is benchmark-only: its merge fills the pruned zeros. "

@@ -327,7 +327,11 @@ def write_outputs(result: FitResult, run: Path) -> None:
 
 def metrics_json(result: FitResult) -> dict[str, Any]:
     """What metrics.json holds: the summary metrics, the data used and the training history."""
-    return {"summary": result.metrics, "data": result.data_description, "history": result.history}
+    return {
+        "summary": result.metrics.to_dict(),
+        "data": result.data_description,
+        "history": result.history,
+    }
 
 
 def write_plots(result: FitResult, folder: Path) -> None:
@@ -335,11 +339,11 @@ def write_plots(result: FitResult, folder: Path) -> None:
     from lcc_lens import plots
 
     folder.mkdir(parents=True, exist_ok=True)
-    m = result.metrics
+    ppl = result.metrics.headline.ppl
     curves, perplexity, restoration, attribution = PLOT_STEMS
     if result.history:  # nothing trained (zero heads or zero steps): no curve to draw
         plots.save_figure(plots.training_curves(result.history), folder / curves)
-    ppl = {k: m[f"ppl_{k}"] for k in ("dense", "pruned", "restored") if f"ppl_{k}" in m}
+    ppl = {k: ppl[k] for k in ("dense", "pruned", "restored") if k in ppl}
     plots.save_figure(plots.comparison_bar(ppl, "held-out perplexity"), folder / perplexity)
     if result.restoration is not None:
         fig = plots.restoration_heatmap(

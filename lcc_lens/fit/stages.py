@@ -1,7 +1,8 @@
 """The stages of a fit, each with typed inputs and outputs; :func:`lcc_lens.fit.fit` composes them.
 
 resolve the pair -> choose the data once -> activation differences and lost components -> head
-selection -> compensation -> training -> evaluation (see :mod:`lcc_lens.fit.evaluate`) -> export ->
+selection -> compensation -> training -> evaluation (:mod:`lcc_lens.fit.evaluate`) -> the guards and
+the export (:mod:`lcc_lens.fit.guards`, :mod:`lcc_lens.fit.exporting`) ->
 writing the run directory (:mod:`lcc_lens.fit.run_dir`). Analysis scripts and notebooks call the same
 stages; none of them reaches back up the chain.
 """
@@ -20,10 +21,10 @@ from typing import Any
 import torch
 
 from lcc_lens import distributed
-from lcc_lens.compensation import Compensation
+from lcc_lens.compensation import Compensation, CompensationConfig
 from lcc_lens.components import LostComponents, cached_lost_components, lost_components
 from lcc_lens.data import Encoded, FitData, encode, fit_data
-from lcc_lens.diff import HeadDiff
+from lcc_lens.diff import DiffConfig, HeadDiff
 from lcc_lens.errors import ConfigError
 from lcc_lens.family import CompensationFamily, FamilyLayout
 from lcc_lens.fit.clock import StageClock
@@ -31,10 +32,10 @@ from lcc_lens.fit.config import FitConfig
 from lcc_lens.methods.base import RestorationMethod
 from lcc_lens.models import ModelPair, resolve_device
 from lcc_lens.placement import parse_device_map
-from lcc_lens.probe_data import ProbeSample, fit_probe_items, probe_samples
+from lcc_lens.probe_data import ProbeDataConfig, ProbeSample, fit_probe_items, probe_samples
 from lcc_lens.pruning.config import PruneConfig
-from lcc_lens.selection import HeadRanking, select_heads
-from lcc_lens.training import evaluate_loss, train
+from lcc_lens.selection import HeadRanking, SelectConfig, select_heads
+from lcc_lens.training import TrainConfig, evaluate_loss, train
 
 logger = logging.getLogger(__name__)
 
@@ -193,11 +194,11 @@ class LostStage:
     diff: HeadDiff
 
 
-def find_lost_components(pair: ModelPair, data: EncodedData, config: FitConfig) -> LostStage:
-    """dz = z_dense - z_pruned on the diff prompts; rank-K lost components per head (cached on disk)."""
+def find_lost_components(pair: ModelPair, data: EncodedData, diff: DiffConfig, k: int) -> LostStage:
+    """dz = z_dense - z_pruned on the diff prompts; rank-``k`` lost components per head (cached on disk)."""
     prompts = list(data.texts.diff_prompts)
-    components, diff = cached_lost_components(pair, prompts, config.diff, k=config.compensation.k)
-    return LostStage(components, diff)
+    components, head_diff = cached_lost_components(pair, prompts, diff, k=k)
+    return LostStage(components, head_diff)
 
 
 def components_of_rank(lost: LostStage, k: int) -> LostComponents:
@@ -210,12 +211,18 @@ def components_of_rank(lost: LostStage, k: int) -> LostComponents:
 # ---- head selection ----------------------------------------------------------------------------
 
 
-def select(pair: ModelPair, data: EncodedData, lost: LostStage, config: FitConfig) -> HeadRanking:
-    """Rank the heads by ``config.select.method`` and keep the configured number."""
-    scfg = config.select
+def select(
+    pair: ModelPair,
+    data: EncodedData,
+    lost: LostStage,
+    scfg: SelectConfig,
+    probe_cfg: ProbeDataConfig,
+) -> HeadRanking:
+    """Rank the heads by ``scfg.method`` and keep the configured number (``probe_cfg``: the contrastive
+    pairs the probe selector builds from the fit domains)."""
     probe = None
     if scfg.method == "probe" and scfg.count(pair.geometry) > 0:
-        probe = probe_items(data.texts, config)
+        probe = probe_items(data.texts, probe_cfg)
     ranking = select_heads(
         pair,
         scfg,
@@ -233,10 +240,10 @@ def select(pair: ModelPair, data: EncodedData, lost: LostStage, config: FitConfi
     return ranking
 
 
-def probe_items(texts: FitData, config: FitConfig) -> list[ProbeSample]:
+def probe_items(texts: FitData, probe_cfg: ProbeDataConfig) -> list[ProbeSample]:
     """Contrastive pairs: built from the fit domains' documents, or the task data's own negatives."""
     if texts.config.uses_corpora:
-        return fit_probe_items(config.probe, sources=texts.config.fit_domains)
+        return fit_probe_items(probe_cfg, sources=texts.config.fit_domains)
     return probe_samples(list(texts.probe))
 
 
@@ -247,11 +254,10 @@ def build_compensation(
     pair: ModelPair,
     heads: Sequence[tuple[int, int]],
     components: LostComponents,
-    config: FitConfig,
+    ccfg: CompensationConfig,
 ) -> Compensation | CompensationFamily:
     """A fresh compensation on ``heads`` (zero offsets, or the lost components with init); with
     ``compensate`` beyond ``heads``, the LCC family of those components (every other term zero)."""
-    ccfg = config.compensation
     on_heads = "heads" in ccfg.compensate
     comp = Compensation(
         pair.geometry,
@@ -321,7 +327,7 @@ def train_compensation(
     pair: ModelPair,
     comp: Compensation | CompensationFamily | RestorationMethod,
     data: EncodedData,
-    config: FitConfig,
+    tcfg: TrainConfig,
     *,
     run_dir: Path | None = None,
     resume: bool = False,
@@ -329,13 +335,13 @@ def train_compensation(
     on_step: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> Trained:
     """Train ``comp`` in place on the training examples; score pruned and restored on validation."""
-    val_before = evaluate_loss(pair, None, data.validation, config.train)
+    val_before = evaluate_loss(pair, None, data.validation, tcfg)
     history = train(
         pair,
         comp,
         data.train,
         data.validation,
-        config.train,
+        tcfg,
         run_dir=run_dir,
         resume=resume,
         identity=identity,
@@ -344,8 +350,8 @@ def train_compensation(
     last = history[-1] if history else {}
     if not data.validation:
         val_after = float("nan")
-    elif "val_loss" in last and last["step"] == config.train.total_steps(len(data.train)):
+    elif "val_loss" in last and last["step"] == tcfg.total_steps(len(data.train)):
         val_after = float(last["val_loss"])  # the loop scored the final state already
     else:
-        val_after = evaluate_loss(pair, comp, data.validation, config.train)
+        val_after = evaluate_loss(pair, comp, data.validation, tcfg)
     return Trained(history, val_before, val_after)

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 def summary_table(result: FitResult) -> str:
     """Dense, pruned and restored perplexity on the held-out (out-of-domain) text, then the gap closed."""
-    m = result.metrics
+    m = result.metrics.to_dict()
     rows = [
         ("dense", m.get("ppl_dense")),
         ("pruned", m.get("ppl_pruned")),

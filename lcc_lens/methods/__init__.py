@@ -21,8 +21,9 @@ from lcc_lens.methods.head_offsets import (
     LCCRandomHeads,
     LostComponent,
 )
+from lcc_lens.methods.lcc_low_rank import LCCLowRank
 from lcc_lens.methods.lofit import LoFiT
-from lcc_lens.methods.low_rank import SPPR8, MaskedLoRAMatched, MaskedLoRAR8
+from lcc_lens.methods.low_rank import SPPR8, MaskedLoRAMatched, MaskedLoRAR1, MaskedLoRAR8
 from lcc_lens.methods.masked_full_ft import MaskedFullFT
 from lcc_lens.methods.mean_bias import MeanBias
 from lcc_lens.methods.peft_adapters import DoRAMatched, DoRAR8, LoRAMatched, LoRAR8
@@ -43,10 +44,12 @@ _REGISTRY: dict[str, type[RestorationMethod]] = {
         DoRAR8,
         MaskedLoRAMatched,
         MaskedLoRAR8,
+        MaskedLoRAR1,
         SPPR8,
         BiasNorm,
         MaskedFullFT,
         LCCFamily,
+        LCCLowRank,
     )
 }
 METHOD_NAMES: tuple[str, ...] = tuple(_REGISTRY)
@@ -56,14 +59,21 @@ METHOD_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 ZERO_KEEPING_PEERS: tuple[str, ...] = (
     MaskedLoRAMatched.name,
     MaskedLoRAR8.name,
+    MaskedLoRAR1.name,
     SPPR8.name,
     BiasNorm.name,
     MaskedFullFT.name,
 )
 """The zero-keeping weight-level peers (issue 24), after the committed benchmark's methods."""
 
-FAMILY_METHODS: tuple[str, ...] = (LCCFamily.name,)
-"""The LCC family beyond the head offsets (the fit trains it through ``--compensate``), last."""
+FAMILY_METHODS: tuple[str, ...] = (LCCFamily.name, LCCLowRank.name)
+"""The LCC family beyond the head offsets, last: its exact-merge constants (the fit trains them through
+``--compensate``) and the head offsets with a masked low-rank term."""
+
+
+FIT_METHODS: tuple[str, ...] = ("lcc", *ZERO_KEEPING_PEERS, LCCLowRank.name)
+"""What ``lcc fit --method`` trains: every method whose merge keeps every zero of the pruned model
+(``lcc`` with its ``--compensate`` family; LoRA/DoRA and the head-offset variants are benchmark-only)."""
 
 
 def make_method(name: str) -> RestorationMethod:
@@ -76,6 +86,7 @@ def make_method(name: str) -> RestorationMethod:
 __all__ = [
     "METHOD_NAMES",
     "FAMILY_METHODS",
+    "FIT_METHODS",
     "ZERO_KEEPING_PEERS",
     "HFLogits",
     "MethodContext",

@@ -80,7 +80,9 @@ class MethodContext:
             from lcc_lens.fit.stages import find_lost_components
 
             assert self.fit is not None
-            self._cache["lost"] = find_lost_components(self.pair, self._encoded(), self.fit)
+            self._cache["lost"] = find_lost_components(
+                self.pair, self._encoded(), self.fit.diff, self.fit.compensation.k
+            )
         return self._cache["lost"]
 
     def components(self) -> LostComponents:
@@ -106,8 +108,7 @@ class MethodContext:
             scfg = dataclasses.replace(self.fit.select, method=method, probe_mode=mode)  # type: ignore[arg-type]
             if method != "all":
                 scfg = dataclasses.replace(scfg, n_heads=self.n_heads())
-            fit = dataclasses.replace(self.fit, select=scfg)
-            ranking = select(self.pair, self._encoded(), self.lost(), fit)
+            ranking = select(self.pair, self._encoded(), self.lost(), scfg, self.fit.probe)
             self._cache[key] = list(ranking.selected)
         return self._cache[key]
 

@@ -179,11 +179,9 @@ class LCCFamily(LCC):
             logger.warning(
                 "%s: this architecture holds no down_proj bias; no MLP offsets", self.name
             )
-        fit = dataclasses.replace(
-            ctx.fit, compensation=dataclasses.replace(ctx.fit.compensation, compensate=parts)
-        )
+        ccfg = dataclasses.replace(ctx.fit.compensation, compensate=parts)
         heads = ctx.heads(self.selection, self.probe_mode)
-        family = build_compensation(ctx.pair, heads, ctx.components(), fit)
+        family = build_compensation(ctx.pair, heads, ctx.components(), ccfg)
         self.compensation = family.to(ctx.device)  # type: ignore[assignment]
         self._prepared = True
 

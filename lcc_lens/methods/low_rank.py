@@ -174,6 +174,13 @@ class MaskedLoRAR8(MaskedLoRA):
     name = "masked_lora_r8"
 
 
+class MaskedLoRAR1(MaskedLoRA):
+    """Rank 1 on q, k, v, o: an eighth of ``masked_lora_r8``, within a fifth of ``lora_r8``'s parameters."""
+
+    name = "masked_lora_r1"
+    rank = 1
+
+
 class MaskedLoRAMatched(MaskedLoRA):
     """Masked LoRA on o_proj of evenly spaced layers, rank and count closest to ``lcc``'s trainable count."""
 

@@ -92,8 +92,8 @@ def main() -> int:
                 "z_offsets": res.compensation.z_offsets().detach().cpu().tolist(),
                 "loss": [row["loss"] for row in res.history],
                 "val_loss": [row.get("val_loss") for row in res.history],
-                "val_loss_pruned": res.metrics["val_loss_pruned"],
-                "val_loss_restored": res.metrics["val_loss_restored"],
+                "val_loss_pruned": res.metrics.val_loss_pruned,
+                "val_loss_restored": res.metrics.val_loss_restored,
             }
             print(name, res.ranking.selected, res.history[-1], file=sys.stderr)
     PIN.write_text(json.dumps(out, indent=1) + "\n")

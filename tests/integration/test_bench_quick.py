@@ -47,6 +47,8 @@ def test_quick_runs_every_method_with_the_required_fields(quick):
         assert row["merged_forward_ratio"]["mean"] > 0
         assert row["fit_seconds"]["mean"] >= 0
         assert row["peak_memory_mb"]["mean"] is not None
+        # the fit's export check: the merged model against the attached method, fp32
+        assert row["export_max_abs_logit_diff"] < 1e-4, name
     # the fit's default: a free offset on each of the 3 x 4 heads of d_head 16
     assert rows["lcc"]["trainable_params"] == 3 * 4 * 16
     # the paper's form: 25 % of the heads (3), beta and b of 16 each

@@ -54,11 +54,12 @@ def test_zero_heads_leave_the_model_unchanged(base, tmp_path):
     res = fit(cfg(base, select={"n_heads": 0}), tmp_path / "run")
     assert res.compensation.n_selected == 0
     assert res.history == []
-    assert res.metrics["ppl_restored"] == res.metrics["ppl_pruned"]
-    if res.metrics["ppl_pruned"] > res.metrics["ppl_dense"]:  # otherwise the gap is undefined (nan)
-        assert res.metrics["gap_closed"] == 0.0 and res.metrics["gap_closed_nll"] == 0.0
+    head = res.metrics.headline
+    assert head.ppl["restored"] == head.ppl["pruned"]
+    if head.ppl["pruned"] > head.ppl["dense"]:  # otherwise the gap is undefined (nan)
+        assert head.gap_closed == 0.0 and head.gap_closed_nll == 0.0
     else:
-        assert math.isnan(res.metrics["gap_closed"]) and math.isnan(res.metrics["gap_closed_nll"])
+        assert math.isnan(head.gap_closed) and math.isnan(head.gap_closed_nll)
     assert torch.equal(
         load_file(str(tmp_path / "run" / "compensation.safetensors"))["z_offsets"],
         torch.zeros(3, 4, 16),
@@ -330,7 +331,7 @@ def test_cli_family_fit_exports_exactly(base, tmp_path):
     assert sum(r["component"] == "heads" for r in per_head) <= 3  # the selected heads only
 
 
-@pytest.mark.parametrize("method", ["perp_bias_norm", "masked_lora_r8"])
+@pytest.mark.parametrize("method", ["perp_bias_norm", "masked_lora_r8", "lcc_lowrank"])
 def test_cli_fit_of_a_peer_method_exports_exactly_and_keeps_zeros(base, tmp_path, method):
     """--method NAME trains a zero-keeping peer through the fit's stages and its one export path."""
     from safetensors.torch import load_file as read

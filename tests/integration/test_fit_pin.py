@@ -73,7 +73,7 @@ def test_fit_reproduces_the_pre_refactor_fit(llama_pair_dirs):
     res = fit(config, data=_pinned_data(config))
     assert [list(h) for h in res.ranking.selected] == pin["selected"]
     m = res.metrics
-    _assert_pinned(pin, res.history, m["val_loss_pruned"], m["val_loss_restored"], res.compensation)
+    _assert_pinned(pin, res.history, m.val_loss_pruned, m.val_loss_restored, res.compensation)
 
 
 def test_stages_reproduce_the_default_fit_on_its_heads(llama_pair_dirs):
@@ -87,8 +87,8 @@ def test_stages_reproduce_the_default_fit_on_its_heads(llama_pair_dirs):
     resolved = stages.resolve_pair(config)
     pair = resolved.pair
     data = stages.choose_data(config, pair, _pinned_data(config))
-    lost = stages.find_lost_components(pair, data, config)
+    lost = stages.find_lost_components(pair, data, config.diff, config.compensation.k)
     heads = [tuple(h) for h in pin["selected"]]
-    comp = stages.build_compensation(pair, heads, lost.components, config)
-    trained = stages.train_compensation(pair, comp, data, config)
+    comp = stages.build_compensation(pair, heads, lost.components, config.compensation)
+    trained = stages.train_compensation(pair, comp, data, config.train)
     _assert_pinned(pin, trained.history, trained.val_loss_pruned, trained.val_loss_restored, comp)

@@ -87,7 +87,7 @@ def test_fit_runs_end_to_end_in_bf16(llama_pair_dirs, tmp_path):
     res = fit(cfg, tmp_path / "run")
     assert res.compensation.z_offsets().dtype == torch.float32
     assert torch.isfinite(res.compensation.z_offsets()).all()
-    assert all(torch.isfinite(torch.tensor(v)) for v in (res.metrics["ppl_pruned"],))
+    assert all(torch.isfinite(torch.tensor(v)) for v in (res.metrics.headline.ppl["pruned"],))
 
 
 def test_disk_offloaded_pair_matches_the_single_device_pair(llama_pair_dirs):
@@ -162,4 +162,4 @@ def test_fit_runs_with_layers_offloaded_to_disk(llama_pair_dirs, tmp_path):
     torch.testing.assert_close(
         mapped.compensation.z_offsets(), plain.compensation.z_offsets(), atol=1e-5, rtol=1e-4
     )
-    assert mapped.metrics["export_max_abs_logit_diff"] < 1e-4
+    assert mapped.metrics.export_max_abs_logit_diff < 1e-4

@@ -21,6 +21,7 @@ from lcc_lens.data import DataConfig, encode, fit_data
 from lcc_lens.errors import MethodNotApplicable
 from lcc_lens.evaluation.protocol import ProtocolConfig
 from lcc_lens.fit import FitConfig
+from lcc_lens.fit.stages import EncodedData
 from lcc_lens.methods import MethodContext, make_method
 from lcc_lens.models import ModelPair, load_causal_lm
 from lcc_lens.probe_data import ProbeDataConfig
@@ -83,13 +84,15 @@ def test_dora_refuses_up_front_and_names_the_rows(ctx):
         make_method(name).prepare(ctx)
 
 
-def _unused_scoring() -> tuple[ScoringPlan, torch.Tensor]:
-    """A failed run is never scored nor timed: an empty plan is enough."""
-    return ScoringPlan(ProtocolConfig(), {}, {}), torch.zeros(1, 4, dtype=torch.long)
+def _unused_scoring(ctx: MethodContext) -> tuple[ScoringPlan, torch.Tensor, EncodedData]:
+    """A failed run is never scored nor timed: an empty plan is enough; validation is real."""
+    val = encode(ctx.pair.tokenizer, ctx.data.validation, 256)
+    data = EncodedData(ctx.data, list(ctx.train_encoded), val)
+    return ScoringPlan(ProtocolConfig(), {}, {}), torch.zeros(1, 4, dtype=torch.long), data
 
 
 def test_run_method_records_a_refusal_instead_of_aborting(ctx):
-    got = run_method("dora_r8", ctx, BenchConfig(quick=True), *_unused_scoring())
+    got = run_method("dora_r8", ctx, BenchConfig(quick=True), *_unused_scoring(ctx))
     assert got["failed"]["kind"] == "not_applicable"
     assert "0/0" in got["failed"]["reason"]
     assert got["trainable_params"] > 0 and "scores" not in got
@@ -98,9 +101,26 @@ def test_run_method_records_a_refusal_instead_of_aborting(ctx):
 def test_run_method_records_a_divergence(ctx):
     """A real divergence: a learning rate (3e37) whose second Adam step overflows the offsets to inf."""
     ctx = replace(ctx, train_config=replace(ctx.train_config, steps=4))
-    got = run_method("bias_all_heads", ctx, BenchConfig(quick=True, lr=3e37), *_unused_scoring())
+    got = run_method("bias_all_heads", ctx, BenchConfig(quick=True, lr=3e37), *_unused_scoring(ctx))
     assert got["failed"]["kind"] == "diverged"
     assert "diverged" in got["failed"]["reason"]
+
+
+def test_run_method_applies_the_fits_divergence_guard(ctx):
+    """Finite, but worse than pruned on the validation set by more than worse_margin: the fit's guard
+    refuses it in the benchmark too (and the row passes with the guard off: checked by hand)."""
+    assert ctx.data.validation, "the guard needs the fit's validation examples"
+    one_token = [replace(e, response=" zebra" * 24) for e in ctx.data.train[:4]]
+    ctx = replace(
+        ctx,
+        train_encoded=encode(ctx.pair.tokenizer, one_token, 64),
+        train_config=replace(ctx.train_config, steps=8, objective="lm"),
+    )  # every training target one token: the weights learn it, real validation text gets worse
+    got = run_method("masked_full_ft", ctx, BenchConfig(quick=True, lr=3e-2), *_unused_scoring(ctx))
+    assert "failed" in got, got.get("val_loss")
+    assert got["failed"]["kind"] == "diverged"
+    assert "restored validation loss" in got["failed"]["reason"]
+    assert "worse_margin" in got["failed"]["reason"]
 
 
 def _run(method, seed, value=None, failed=None):

@@ -58,6 +58,10 @@ GENERATED: dict[str, tuple[Path, Callable[[], str]]] = {
         _rendered(prune_perplexity, "prune_perplexity.json"),
     ),
     "ablations.md": (RESULTS / "ablations.md", _rendered(ablations, "ablations.json")),
+    "ablations_lr2/ablations.md": (
+        RESULTS / "ablations_lr2" / "ablations.md",
+        _rendered(ablations, "ablations_lr2/ablations.json"),
+    ),
     "findings.md": (RESULTS / "findings.md", _rendered(findings, "findings.json")),
     "race/summary.md": (
         RESULTS / "race" / "summary.md",
@@ -88,6 +92,16 @@ def test_ood_report_and_readme_block_are_generated_from_the_records(tmp_path):
     assert ood_report.BEGIN in _read(readme)
     assert ood_report.README_SETTING in json.loads(_read(out / "summary.json"))
     assert _read(readme) == _read(ROOT / "README.md")
+
+
+def test_readme_race_block_is_generated_from_the_race_records():
+    from analysis.readme_block import current_block
+
+    held = current_block(ROOT / "README.md", race.README_BEGIN, race.README_END)
+    assert held is not None, "the README lost its race block markers"
+    assert held == race.readme_block(race.SETTING), (
+        "regenerate with python -m analysis.race --table-only"
+    )
 
 
 def test_ood_report_refuses_an_empty_records_folder(tmp_path, capsys):

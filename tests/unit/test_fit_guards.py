@@ -7,37 +7,42 @@ import math
 import pytest
 import torch
 
-from lcc_lens.fit import FitConfig, FitDivergedError
-from lcc_lens.fit.evaluate import check_dtype_range, check_not_diverged, exported_abs_max
-from lcc_lens.fit.stages import Trained
+from lcc_lens.fit import FitDivergedError
+from lcc_lens.fit.guards import check_dtype_range, check_not_diverged, exported_abs_max
+
+MARGIN = 0.05  # FitConfig's default worse_margin
+
+
+def guard(before: float, after: float, *, margin: float = MARGIN, allow: bool = False) -> None:
+    check_not_diverged(before, after, worse_margin=margin, allow_worse=allow)
 
 
 def test_restored_clearly_worse_than_pruned_is_refused():
-    config = FitConfig()
-    check_not_diverged(Trained([], 3.0, 2.5), config)  # better: fine
-    check_not_diverged(Trained([], 3.0, 3.04), config)  # within worse_margin (0.05 nats)
+    guard(3.0, 2.5)  # better: fine
+    guard(3.0, 3.04)  # within worse_margin (0.05 nats)
     with pytest.raises(FitDivergedError, match=r"restored validation loss 3.2000 is worse"):
-        check_not_diverged(Trained([], 3.0, 3.2), config)
+        guard(3.0, 3.2)
     with pytest.raises(FitDivergedError, match="--allow-worse"):
-        check_not_diverged(Trained([], 3.0, math.inf), config)
-    check_not_diverged(Trained([], 3.0, 3.2), FitConfig(allow_worse=True))
-    check_not_diverged(Trained([], 3.0, 3.2), FitConfig(worse_margin=0.5))
-    check_not_diverged(Trained([], math.nan, math.nan), config)  # no validation data: warn only
+        guard(3.0, math.inf)
+    guard(3.0, 3.2, allow=True)
+    guard(3.0, 3.2, margin=0.5)
+    guard(math.nan, math.nan)  # no validation data: warn only
 
 
 def test_weights_beyond_the_target_dtype_are_refused():
-    config = FitConfig()
     with pytest.raises(FitDivergedError, match="float16"):
-        check_dtype_range(1e6, torch.float16, config)
-    check_dtype_range(1e6, torch.bfloat16, config)  # bf16 holds 1e6
-    check_dtype_range(1e6, torch.float32, config)  # only a warning about float16 loads
-    check_dtype_range(1e6, torch.float16, FitConfig(allow_worse=True))
+        check_dtype_range(1e6, torch.float16, allow_worse=False)
+    check_dtype_range(1e6, torch.bfloat16, allow_worse=False)  # bf16 holds 1e6
+    check_dtype_range(1e6, torch.float32, allow_worse=False)  # only a warning about float16 loads
+    check_dtype_range(1e6, torch.float16, allow_worse=True)
     with pytest.raises(FitDivergedError, match="bfloat16"):
         check_dtype_range(
-            3.395e38, torch.bfloat16, config
+            3.395e38, torch.bfloat16, allow_worse=False
         )  # beyond bfloat16 (3.39e38), within fp32
     with pytest.raises(FitDivergedError, match="float16"):
-        check_dtype_range(math.inf, torch.float16, config)  # an fp16 export that overflowed to inf
+        check_dtype_range(
+            math.inf, torch.float16, allow_worse=False
+        )  # an fp16 export that overflowed to inf
 
 
 def test_the_largest_exported_value_is_read_from_the_safetensors(tmp_path):

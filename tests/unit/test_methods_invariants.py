@@ -91,7 +91,7 @@ def test_export_reproduces_attached_model_and_keeps_or_fills_zeros(name, ctx, id
     assert (again - exported).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("name", ZERO_KEEPING_PEERS)
+@pytest.mark.parametrize("name", [*ZERO_KEEPING_PEERS, *FAMILY_METHODS])
 def test_zero_keeping_peer_keeps_every_zero_and_changes_the_rest(name, ctx):
     method = make_method(name)
     method.prepare(ctx)

@@ -55,7 +55,7 @@ def test_masked_lora_mask_is_what_keeps_the_zeros(ctx):
     assert filled > 0, "the unmasked B A would not have filled any zero"
 
 
-@pytest.mark.parametrize("name", ZERO_KEEPING_PEERS)
+@pytest.mark.parametrize("name", [*ZERO_KEEPING_PEERS, "lcc_lowrank"])
 def test_training_keeps_every_zero(name, ctx):
     """A few optimizer steps at a large rate: the merged export still has every zero, and moved."""
     from dataclasses import replace
@@ -220,3 +220,25 @@ def test_other_layouts_merge_exactly_or_are_refused(layout, tiny_dirs, method_co
     if layout == "gpt2":
         with pytest.raises(ConfigError, match="q_proj"):
             make_method("masked_lora_r8").prepare(ctx)
+
+
+def test_lcc_lowrank_trains_its_head_offsets_at_half_the_rate(ctx):
+    """Its two parts take one optimizer step each at their own rate (Adam's first step is ~ the rate)."""
+    from dataclasses import replace
+
+    method = make_method("lcc_lowrank")
+    method.prepare(ctx)
+    groups = method.param_groups(1e-2)
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(
+        id(p) for p in method.trainable_parameters()
+    )
+    offsets = method.offsets.bias
+    factors = [f.B for f in method.factors.values()]
+    before = [offsets.detach().clone(), *(b.detach().clone() for b in factors)]
+    train(ctx.pair, method, ctx.train_encoded, [], replace(ctx.train_config, lr=1e-2, steps=1))
+    step_offsets = float((offsets - before[0]).abs().max())
+    step_factors = max(
+        float((b - b0).abs().max()) for b, b0 in zip(factors, before[1:], strict=True)
+    )
+    assert step_offsets > 0 and step_factors > 0
+    assert step_offsets / step_factors == pytest.approx(0.5, rel=0.02)

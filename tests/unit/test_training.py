@@ -154,6 +154,19 @@ def test_memory_chunks_change_memory_not_the_optimisation(pair, data, objective)
     assert not torch.equal(whole.bias, _comp(pair).bias)  # it trained
 
 
+def test_a_validation_set_scores_the_fit_without_moving_it(pair, data):
+    """The benchmark trains with the fit's validation set (for its guard): the trajectory is the same."""
+    cfg = TrainConfig(objective="kl", steps=4, batch_size=2, lr=3e-2, seed=1)
+    assert len(data) == 6  # 4 to train on (2 epochs of 2 steps), 2 to validate on
+    without, with_val = _comp(pair), _comp(pair)
+    hist_without = train(pair, without, data[:4], [], cfg)
+    hist_with = train(pair, with_val, data[:4], data[4:], cfg)
+    assert torch.equal(with_val.bias, without.bias) and torch.equal(with_val.beta, without.beta)
+    assert [r["loss"] for r in hist_with] == [r["loss"] for r in hist_without]
+    assert all(math.isfinite(r["val_loss"]) for r in hist_with if "val_loss" in r), hist_with
+    assert any("val_loss" in r for r in hist_with)
+
+
 # ---- reporting a non-finite loss as what it is ---------------------------------------------------
 def test_nan_parameters_are_named_not_blamed_on_the_learning_rate(pair, data):
     comp = _comp(pair)
