@@ -39,11 +39,11 @@ from lcc_lens.evaluation.protocol import ProtocolConfig
 from lcc_lens.evaluation.task_sets import TASK_SET_VERSION, TaskSetConfig
 from lcc_lens.fit.exporting import export_check_text, merged_logit_diff
 from lcc_lens.fit.guards import check_not_diverged
-from lcc_lens.fit.stages import EncodedData, choose_data, train_compensation
+from lcc_lens.fit.stages import EncodedData, Trained, choose_data, train_compensation
 from lcc_lens.methods import MethodContext, RestorationMethod, make_method
 from lcc_lens.models import ModelPair, describe, load_causal_lm, resolve_device
 from lcc_lens.progress import progress
-from lcc_lens.training import TrainConfig
+from lcc_lens.training import TrainConfig, evaluate_loss
 
 logger = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -113,13 +113,14 @@ def run_method(
     plan: ScoringPlan,
     ids: torch.Tensor,
     data: EncodedData,
+    val_loss_pruned: float | None = None,
 ) -> dict[str, Any]:
     """Prepare, train (with the fit's validation set and divergence guard), export, check the export,
-    measure and score one method for one seed."""
+    measure and score one method for one seed (``val_loss_pruned``: see ``train_compensation``)."""
     method = make_method(name)
     tcfg = replace(ctx.train_config, lr=method_lr(cfg, name) or method.default_lr)
     history: list[dict[str, Any]] = []
-    val_losses: dict[str, float] = {}
+    trained: Trained | None = None
     mem = PeakMemory(device=str(ctx.device))
     t0 = time.perf_counter()
     fit_seconds = 0.0
@@ -128,14 +129,12 @@ def run_method(
             torch.manual_seed(ctx.seed)
             method.prepare(ctx)
             if method.trains:
-                trained = train_compensation(ctx.pair, method, data, tcfg)
+                trained = train_compensation(
+                    ctx.pair, method, data, tcfg, val_loss_pruned=val_loss_pruned
+                )
                 history = trained.history
-                val_losses = {
-                    "pruned": trained.val_loss_pruned,
-                    "restored": trained.val_loss_restored,
-                }
         fit_seconds = time.perf_counter() - t0
-        if method.trains:
+        if trained is not None:
             assert ctx.fit is not None
             check_not_diverged(
                 trained.val_loss_pruned,
@@ -156,7 +155,9 @@ def run_method(
         "lr": tcfg.lr if method.trains else None,
         "steps": len(history),
         "final_loss": history[-1]["loss"] if history else None,
-        "val_loss": val_losses or None,
+        "val_loss": None
+        if trained is None
+        else {"pruned": trained.val_loss_pruned, "restored": trained.val_loss_restored},
         "export_max_abs_logit_diff": export_diff,
         "fit_seconds": fit_seconds,
         "peak_memory_mb": mem.peak_mb,
@@ -287,6 +288,9 @@ def run_setting(cfg: BenchConfig, setting: str, work: Path, command: str = "") -
         batch_size=cfg.batch_size,
     )
     data_by_seed: dict[int, EncodedData] = {}
+    val_pruned: dict[
+        int, float
+    ] = {}  # the pruned model's validation loss per seed, for every method
     n_examples: dict[int, int] = {}
     for seed, name in progress(jobs, desc=f"bench {setting}", unit="run"):
         lr = method_lr(cfg, name)
@@ -296,6 +300,9 @@ def run_setting(cfg: BenchConfig, setting: str, work: Path, command: str = "") -
             if seed not in data_by_seed:  # the fit's own training examples, shared by every method
                 data_by_seed = {seed: choose_data(fit, pair)}
                 n_examples[seed] = len(data_by_seed[seed].train)
+                val_pruned = {
+                    seed: evaluate_loss(pair, None, data_by_seed[seed].validation, base_train)
+                }
             chosen = data_by_seed[seed]
             ctx = MethodContext(
                 pair,
@@ -310,7 +317,7 @@ def run_setting(cfg: BenchConfig, setting: str, work: Path, command: str = "") -
                 fit=fit,
                 _cache={"pruned_hf": pruned_hf, "dense_hf": dense_hf},
             )
-            got = run_method(name, ctx, cfg, plan, ids, chosen)
+            got = run_method(name, ctx, cfg, plan, ids, chosen, val_pruned[seed])
             cache.put(name, seed, got, lr)
             if "failed" not in got:
                 logger.info("%s seed %d done in %.1f s", name, seed, got["fit_seconds"])

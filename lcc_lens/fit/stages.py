@@ -333,9 +333,18 @@ def train_compensation(
     resume: bool = False,
     identity: str = "",
     on_step: Callable[[int, dict[str, Any]], None] | None = None,
+    val_loss_pruned: float | None = None,
 ) -> Trained:
-    """Train ``comp`` in place on the training examples; score pruned and restored on validation."""
-    val_before = evaluate_loss(pair, None, data.validation, tcfg)
+    """Train ``comp`` in place on the training examples; score pruned and restored on validation.
+
+    ``val_loss_pruned``: the pruned model's validation loss when the caller has it already (it does not
+    depend on the method, so the benchmark scores it once per seed).
+    """
+    val_before = (
+        evaluate_loss(pair, None, data.validation, tcfg)
+        if val_loss_pruned is None
+        else val_loss_pruned
+    )
     history = train(
         pair,
         comp,
